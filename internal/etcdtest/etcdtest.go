@@ -1,0 +1,271 @@
+// Package etcdtest runs real etcd servers in-process, with the v2 API enabled,
+// for tests, benchmarks and the demo.
+//
+// Each Server is a single-member cluster of its own: it listens on free
+// loopback ports, keeps its data in its own directory, and has a unique
+// cluster ID, so several servers in one process behave like independent
+// clusters (a master and a replica, say). A server can be stopped and
+// restarted on the same data and the same ports, which is how tests play an
+// etcd outage.
+package etcdtest
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"go.etcd.io/etcd/client/pkg/v3/transport"
+	client "go.etcd.io/etcd/client/v2"
+	"go.etcd.io/etcd/server/v3/embed"
+	"go.uber.org/zap"
+)
+
+// Options tune a Server. The zero value is a plain-HTTP server that skips
+// fsync (tests do not need durability across machine crashes, only across
+// Stop and Restart, which a clean close provides).
+type Options struct {
+	// Dir holds the data. Empty means a new temporary directory, removed by Close.
+	Dir string
+	// TLS, when set, makes the client port speak HTTPS with these files.
+	TLS *TLSFiles
+	// Fsync keeps etcd's fsync calls (off by default for speed).
+	Fsync bool
+	// Name is the member name; it also seeds the cluster ID. Empty picks a random one.
+	Name string
+}
+
+// TLSFiles names PEM files for a server's client port.
+type TLSFiles struct {
+	CertFile, KeyFile string
+	// ClientCAFile, when set, makes the server require client certificates signed by it.
+	ClientCAFile string
+}
+
+// Server is one running (or stopped) etcd member.
+type Server struct {
+	opts      Options
+	dir       string
+	ownDir    bool
+	clientURL url.URL
+	peerURL   url.URL
+	token     string
+	mu        sync.Mutex
+	etcd      *embed.Etcd
+}
+
+// Start launches a new server and waits until it serves requests.
+func Start(opts Options) (*Server, error) {
+	s := &Server{opts: opts, dir: opts.Dir}
+	if s.dir == "" {
+		dir, err := os.MkdirTemp("", "confsync-etcd-")
+		if err != nil {
+			return nil, err
+		}
+		s.dir, s.ownDir = dir, true
+	}
+	if s.opts.Name == "" {
+		s.opts.Name = "etcd-" + randomHex(4)
+	}
+	s.token = s.opts.Name + "-" + randomHex(8)
+	scheme := "http"
+	if opts.TLS != nil {
+		scheme = "https"
+	}
+	clientPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	peerPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	s.clientURL = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
+	s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
+	if err := s.Restart(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// New starts a server for a test and closes it when the test ends.
+func New(tb testing.TB, opts ...Options) *Server {
+	tb.Helper()
+	var o Options
+	if len(opts) > 0 {
+		o = opts[0]
+	}
+	s, err := Start(o)
+	if err != nil {
+		tb.Fatalf("etcdtest: start etcd: %v", err)
+	}
+	tb.Cleanup(s.Close)
+	return s
+}
+
+// Restart starts a stopped server again on the same data and ports.
+// It is a no-op when the server is running.
+func (s *Server) Restart() error {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd != nil {
+		return nil
+	}
+	cfg := embed.NewConfig()
+	cfg.Name = s.opts.Name
+	cfg.Dir = s.dir
+	cfg.EnableV2 = true
+	cfg.UnsafeNoFsync = !s.opts.Fsync
+	cfg.TickMs = 10
+	cfg.ElectionMs = 100
+	cfg.InitialClusterToken = s.token
+	cfg.ListenClientUrls = []url.URL{s.clientURL}
+	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
+	cfg.ListenPeerUrls = []url.URL{s.peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if t := s.opts.TLS; t != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       t.CertFile,
+			KeyFile:        t.KeyFile,
+			TrustedCAFile:  t.ClientCAFile,
+			ClientCertAuth: t.ClientCAFile != "",
+		}
+	}
+	var e *embed.Etcd
+	var err error
+	// The port was free a moment ago, or was ours before a Stop; a socket in
+	// TIME_WAIT or a slow close can still hold it briefly.
+	for attempt := 0; attempt < 50; attempt++ {
+		e, err = embed.StartEtcd(cfg)
+		if err == nil || !strings.Contains(err.Error(), "address already in use") {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	if err != nil {
+		return fmt.Errorf("etcdtest: start etcd on %s: %w", s.clientURL.Host, err)
+	}
+	select {
+	case <-e.Server.ReadyNotify():
+	case <-time.After(60 * time.Second):
+		e.Close()
+		return errors.New("etcdtest: etcd did not become ready within 60s")
+	}
+	s.etcd = e
+	return nil
+}
+
+// Stop shuts the server down, keeping its data for Restart.
+func (s *Server) Stop() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd == nil {
+		return
+	}
+	s.etcd.Close()
+	s.etcd = nil
+}
+
+// Running reports whether the server is up.
+func (s *Server) Running() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.etcd != nil
+}
+
+// Close stops the server and removes a data directory it created.
+func (s *Server) Close() {
+	s.Stop()
+	if s.ownDir {
+		os.RemoveAll(s.dir)
+	}
+}
+
+// URL is the client URL, for example http://127.0.0.1:41234.
+func (s *Server) URL() string { return s.clientURL.String() }
+
+// Addr is the client address, host:port.
+func (s *Server) Addr() string { return s.clientURL.Host }
+
+// Dir is the data directory.
+func (s *Server) Dir() string { return s.dir }
+
+// ClusterID is the cluster ID as etcd reports it in X-Etcd-Cluster-Id.
+func (s *Server) ClusterID() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd == nil {
+		return ""
+	}
+	return s.etcd.Server.Cluster().ID().String()
+}
+
+// Client is a v2 client for this server. Tests that talk TLS must pass a
+// transport that trusts the server.
+func (s *Server) Client(tr ...client.CancelableTransport) client.KeysAPI {
+	cfg := client.Config{Endpoints: []string{s.URL()}, HeaderTimeoutPerRequest: 10 * time.Second}
+	if len(tr) > 0 {
+		cfg.Transport = tr[0]
+	}
+	c, err := client.New(cfg)
+	if err != nil {
+		panic(err) // only fails for malformed endpoints, which we built ourselves
+	}
+	return client.NewKeysAPI(c)
+}
+
+// Set writes a key, failing the test on error.
+func (s *Server) Set(tb testing.TB, key, value string) *client.Response {
+	tb.Helper()
+	resp, err := s.Client().Set(context.Background(), key, value, nil)
+	if err != nil {
+		tb.Fatalf("etcdtest: set %s: %v", key, err)
+	}
+	return resp
+}
+
+// Delete removes a key or directory tree, failing the test on error.
+func (s *Server) Delete(tb testing.TB, key string) *client.Response {
+	tb.Helper()
+	resp, err := s.Client().Delete(context.Background(), key, &client.DeleteOptions{Recursive: true})
+	if err != nil {
+		tb.Fatalf("etcdtest: delete %s: %v", key, err)
+	}
+	return resp
+}
+
+// Index is the current etcd index, read from X-Etcd-Index of a GET of /.
+func (s *Server) Index(tb testing.TB) uint64 {
+	tb.Helper()
+	resp, err := s.Client().Get(context.Background(), "/", nil)
+	if err != nil {
+		tb.Fatalf("etcdtest: get /: %v", err)
+	}
+	return resp.Index
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+func randomHex(n int) string {
+	b := make([]byte, n)
+	rand.Read(b)
+	return hex.EncodeToString(b)
+}
