@@ -248,8 +248,12 @@ func (b *builder) mode(r *Resource) error {
 	case nil:
 		return nil
 	case int64:
-		if m <= 0 || m > 0o7777 {
-			return b.fail("mode", fmt.Errorf("%#o is not a file mode", m))
+		// A TOML integer is only a mode when written in octal (0o644);
+		// mode = 644 is decimal and means nothing sensible.
+		line := lineOfKey(b.raw, "mode")
+		written := string(bytes.Split(b.raw, []byte("\n"))[max(line-1, 0)])
+		if !strings.Contains(written, "0o") || m <= 0 || m > 0o7777 {
+			return b.fail("mode", fmt.Errorf("%d is not a file mode; write it as a string like \"0644\"", m))
 		}
 		r.Mode = fileMode(uint32(m))
 		return nil
