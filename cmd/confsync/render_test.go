@@ -93,7 +93,7 @@ func TestMissingKeyIsEmptyNotAnError(t *testing.T) {
 	srv := etcdtest.New(t)
 	seedPools(t, srv)
 	dir, out := writeConfdir(t, map[string]string{
-		"conf.d/a.toml": "[template]\nsrc = \"a.tmpl\"\ndest = \"{{out}}/a\"\nprefix = \"/conftool/v1\"\nkeys = [\"/pools/eqiad/app/web\", \"/pools/nowhere\"]\n",
+		"conf.d/a.toml":    "[template]\nsrc = \"a.tmpl\"\ndest = \"{{out}}/a\"\nprefix = \"/conftool/v1\"\nkeys = [\"/pools/eqiad/app/web\", \"/pools/nowhere\"]\n",
 		"templates/a.tmpl": `{{if exists "/pools/nowhere/x"}}yes{{else}}no{{end}} {{len (ls "/pools/eqiad/app/web")}}` + "\n",
 	})
 	res := runCmd(t, "render", "-confdir", dir, "-node", srv.URL())
