@@ -179,7 +179,10 @@ type PollResult struct {
 	// that nothing under the root changed: the watch was registered live
 	// at that index (headers flushed, no event in the history) and stayed
 	// silent. Resuming at QuietThrough+1 is safe and keeps the resume index
-	// inside etcd's history while the root is quiet.
+	// inside etcd's history while the root is quiet. A value below
+	// waitIndex-1 means the cluster's index went backwards (a restored or
+	// replaced cluster): events the caller has not seen may exist below
+	// waitIndex, and it should re-read the root.
 	QuietThrough uint64
 }
 
@@ -207,8 +210,7 @@ func (p *Poller) Poll(ctx context.Context, waitIndex uint64, maxWait time.Durati
 		return PollResult{}, ctx.Err()
 	}
 	if pollCtx.Err() != nil {
-		idx, ok := p.tap.watches.quietIndex(quietProof)
-		if ok && idx+1 > waitIndex {
+		if idx, ok := p.tap.watches.quietIndex(quietProof); ok {
 			return PollResult{QuietThrough: idx}, nil
 		}
 		return PollResult{}, nil

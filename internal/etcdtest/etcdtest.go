@@ -55,11 +55,13 @@ type Server struct {
 	opts      Options
 	dir       string
 	ownDir    bool
-	clientURL url.URL
+	clientURL url.URL // public, served by front
+	innerURL  url.URL // etcd's own listener
 	peerURL   url.URL
 	token     string
 	mu        sync.Mutex
 	etcd      *embed.Etcd
+	front     *front
 }
 
 // Start launches a new server and waits until it serves requests.
@@ -88,7 +90,12 @@ func Start(opts Options) (*Server, error) {
 	if err != nil {
 		return nil, err
 	}
+	innerPort, err := freePort()
+	if err != nil {
+		return nil, err
+	}
 	s.clientURL = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
+	s.innerURL = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", innerPort)}
 	s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
 	if err := s.Restart(); err != nil {
 		s.Close()
@@ -128,7 +135,7 @@ func (s *Server) Restart() error {
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
 	cfg.InitialClusterToken = s.token
-	cfg.ListenClientUrls = []url.URL{s.clientURL}
+	cfg.ListenClientUrls = []url.URL{s.innerURL}
 	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
 	cfg.ListenPeerUrls = []url.URL{s.peerURL}
 	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
@@ -154,7 +161,7 @@ func (s *Server) Restart() error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	if err != nil {
-		return fmt.Errorf("etcdtest: start etcd on %s: %w", s.clientURL.Host, err)
+		return fmt.Errorf("etcdtest: start etcd on %s: %w", s.innerURL.Host, err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
@@ -162,7 +169,12 @@ func (s *Server) Restart() error {
 		e.Close()
 		return errors.New("etcdtest: etcd did not become ready within 60s")
 	}
-	s.etcd = e
+	f, err := listenFront(s.clientURL.Host, s.innerURL.Host)
+	if err != nil {
+		e.Close()
+		return fmt.Errorf("etcdtest: listen on %s: %w", s.clientURL.Host, err)
+	}
+	s.etcd, s.front = e, f
 	return nil
 }
 
@@ -173,8 +185,9 @@ func (s *Server) Stop() {
 	if s.etcd == nil {
 		return
 	}
+	s.front.close()
 	s.etcd.Close()
-	s.etcd = nil
+	s.etcd, s.front = nil, nil
 }
 
 // Running reports whether the server is up.

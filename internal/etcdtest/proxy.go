@@ -22,6 +22,7 @@ type Proxy struct {
 	maxWatch atomic.Int64
 	delay    atomic.Int64 // nanoseconds added before forwarding
 	down     atomic.Bool
+	target   atomic.Pointer[url.URL]
 }
 
 // Request is one proxied request.
@@ -42,8 +43,14 @@ func NewProxy(tb testing.TB, target string) *Proxy {
 		tb.Fatal(err)
 	}
 	p := &Proxy{}
-	rp := httputil.NewSingleHostReverseProxy(u)
-	rp.FlushInterval = -1 // stream long polls
+	p.target.Store(u)
+	rp := &httputil.ReverseProxy{
+		Rewrite: func(r *httputil.ProxyRequest) {
+			r.SetURL(p.target.Load())
+			r.Out.Host = r.In.Host
+		},
+		FlushInterval: -1, // stream long polls
+	}
 	p.srv = httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if d := time.Duration(p.delay.Load()); d > 0 {
 			select {
@@ -119,6 +126,15 @@ func (p *Proxy) MaxOpenWatches() int { return int(p.maxWatch.Load()) }
 
 // SetDelay makes every later request wait d before it is forwarded.
 func (p *Proxy) SetDelay(d time.Duration) { p.delay.Store(int64(d)) }
+
+// SetTarget sends later requests to another server, as when a DNS name
+// or load balancer starts pointing at a different cluster.
+func (p *Proxy) SetTarget(target string) {
+	u, err := url.Parse(target)
+	if err == nil {
+		p.target.Store(u)
+	}
+}
 
 // SetDown makes later requests fail by dropping their connection.
 func (p *Proxy) SetDown(down bool) { p.down.Store(down) }

@@ -1,0 +1,356 @@
+package watch
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"reflect"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/file"
+	"github.com/confsync/confsync/internal/etcdtest"
+)
+
+// recorder collects what a watcher reports.
+type recorder struct {
+	mu      sync.Mutex
+	updates []Update
+	resyncs map[string]int
+	changed chan struct{}
+}
+
+func newRecorder() *recorder {
+	return &recorder{resyncs: map[string]int{}, changed: make(chan struct{}, 1)}
+}
+
+func (r *recorder) OnUpdate(u Update) {
+	r.mu.Lock()
+	r.updates = append(r.updates, u)
+	r.mu.Unlock()
+	r.poke()
+}
+
+func (r *recorder) poke() {
+	select {
+	case r.changed <- struct{}{}:
+	default:
+	}
+}
+
+func (r *recorder) Resync(root, reason string) {
+	r.mu.Lock()
+	r.resyncs[reason]++
+	r.mu.Unlock()
+	r.poke()
+}
+func (r *recorder) WatchRestart(string, error) {}
+func (r *recorder) FetchError(string, error)   {}
+
+func (r *recorder) resyncCount(reason string) int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.resyncs[reason]
+}
+
+// waitFor polls cond until it holds, failing the test after a generous
+// deadline: the machine may be loaded, and nothing here measures speed.
+func waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+type harness struct {
+	t   *testing.T
+	srv *etcdtest.Server
+	rec *recorder
+	w   *Watcher
+}
+
+func start(t *testing.T, srv *etcdtest.Server, url string, roots []string, tweak func(*Config)) *harness {
+	t.Helper()
+	c, err := etcd.New(context.Background(), etcd.Config{Endpoints: []string{url}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	cfg := Config{Source: c, OnUpdate: rec.OnUpdate, Observer: rec, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}
+	if tweak != nil {
+		tweak(&cfg)
+	}
+	w := New(cfg)
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); w.Wait(); c.Close() })
+	w.Start(ctx, roots, nil)
+	return &harness{t: t, srv: srv, rec: rec, w: w}
+}
+
+// leaves is what the watcher holds for root.
+func (h *harness) leaves(root string) map[string]string {
+	s := h.w.Snapshots()[root]
+	if s == nil {
+		return nil
+	}
+	return s.Tree.Leaves(root)
+}
+
+// etcdLeaves is what etcd holds under root.
+func (h *harness) etcdLeaves(root string) map[string]string {
+	c, _ := etcd.New(context.Background(), etcd.Config{Endpoints: []string{h.srv.URL()}})
+	defer c.Close()
+	snap, err := c.Fetch(context.Background(), root)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	return snap.Tree.Leaves(root)
+}
+
+func (h *harness) converges(root string) {
+	h.t.Helper()
+	waitFor(h.t, "watcher to match etcd under "+root, func() bool {
+		return reflect.DeepEqual(h.leaves(root), h.etcdLeaves(root))
+	})
+}
+
+func TestEventsReachTheTreeWithChangedKeys(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/app/a", "1")
+	h := start(t, srv, srv.URL(), []string{"/app"}, nil)
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/a"] == "1" })
+
+	srv.Set(t, "/apple/x", "not mine")
+	srv.Set(t, "/app/b/c", "2")
+	srv.Delete(t, "/app/a")
+	h.converges("/app")
+	h.rec.mu.Lock()
+	defer h.rec.mu.Unlock()
+	var changed []string
+	for _, u := range h.rec.updates {
+		if u.Reason == "event" {
+			changed = append(changed, u.Changed...)
+		}
+	}
+	if strings.Join(changed, " ") != "/app/b/c /app/a" {
+		t.Fatalf("changed keys %v: /apple must not count, and each change once", changed)
+	}
+}
+
+func TestNoUpdateMissedUnderABurst(t *testing.T) {
+	srv := etcdtest.New(t)
+	h := start(t, srv, srv.URL(), []string{"/pool"}, nil)
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/pool") != nil })
+	for i := 0; i < 1500; i++ {
+		srv.Set(t, fmt.Sprintf("/pool/host%02d", i%40), fmt.Sprint(i))
+		if i%7 == 0 {
+			srv.Set(t, "/noise/x", fmt.Sprint(i))
+		}
+	}
+	h.converges("/pool")
+}
+
+// A watcher cut off while more than 1000 events happen elsewhere meets
+// error 401 on its next poll, re-reads the root and picks up the change it
+// would otherwise have lost.
+func TestHistoryClearedTriggersResync(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/conftool/k", "before")
+	proxy := etcdtest.NewProxy(t, srv.URL())
+	h := start(t, srv, proxy.URL(), []string{"/conftool"}, nil)
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/conftool")["/conftool/k"] == "before" })
+
+	proxy.SetDown(true)
+	proxy.CloseClientConnections()
+	srv.Set(t, "/conftool/k", "during outage")
+	for i := 0; i < 1100; i++ {
+		srv.Set(t, "/spicerack/locks/x", fmt.Sprint(i))
+	}
+	proxy.SetDown(false)
+	waitFor(t, "the lost change", func() bool { return h.leaves("/conftool")["/conftool/k"] == "during outage" })
+	if h.rec.resyncCount("history-cleared") == 0 {
+		t.Fatal("no resync after error 401")
+	}
+}
+
+// A quiet root in a busy cluster keeps up without ever being pushed out of
+// the history window.
+func TestQuietRootNeverFallsOutOfHistory(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/quiet/k", "v")
+	h := start(t, srv, srv.URL(), []string{"/quiet"}, func(c *Config) { c.PollTimeout = 1500 * time.Millisecond })
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/quiet") != nil })
+	for round := 0; round < 3; round++ {
+		start := srv.Index(t)
+		for i := 0; i < 700; i++ {
+			srv.Set(t, "/busy/k", fmt.Sprint(i))
+		}
+		// Wait until a quiet poll has moved the index past this round.
+		waitFor(t, "index to follow the cluster", func() bool {
+			s := h.w.Snapshots()["/quiet"]
+			return s != nil && s.Index > start+600
+		})
+	}
+	srv.Set(t, "/quiet/k", "changed")
+	waitFor(t, "the change", func() bool { return h.leaves("/quiet")["/quiet/k"] == "changed" })
+	if n := h.rec.resyncCount("history-cleared"); n != 0 {
+		t.Fatalf("%d resyncs: the quiet root fell out of the history", n)
+	}
+}
+
+func TestRidesOutAnEtcdRestart(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/app/k", "1")
+	h := start(t, srv, srv.URL(), []string{"/app"}, nil)
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/k"] == "1" })
+
+	srv.Stop()
+	waitFor(t, "disconnection to show", func() bool {
+		st := h.w.Status()
+		return len(st) == 1 && !st[0].Connected && st[0].LastError != ""
+	})
+	if got := h.leaves("/app")["/app/k"]; got != "1" {
+		t.Fatalf("data lost while etcd is down: %q", got)
+	}
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Set(t, "/app/k", "2")
+	waitFor(t, "the change after restart", func() bool { return h.leaves("/app")["/app/k"] == "2" })
+	waitFor(t, "reconnection", func() bool { return h.w.Status()[0].Connected })
+}
+
+// When the endpoint starts answering for a different cluster (a rebuilt
+// cluster, a DNS change), the watcher notices and takes the new cluster's
+// state, even though the new cluster's index is far behind.
+func TestClusterChangeForcesResync(t *testing.T) {
+	a := etcdtest.New(t)
+	b := etcdtest.New(t)
+	for i := 0; i < 50; i++ {
+		a.Set(t, "/app/k", fmt.Sprint("a", i))
+	}
+	b.Set(t, "/app/k", "b0")
+	proxy := etcdtest.NewProxy(t, a.URL())
+	h := start(t, a, proxy.URL(), []string{"/app"}, func(c *Config) { c.PollTimeout = 1500 * time.Millisecond })
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/k"] == "a49" })
+
+	proxy.SetTarget(b.URL())
+	proxy.CloseClientConnections()
+	b.Set(t, "/app/other", "from b")
+	waitFor(t, "the other cluster's state", func() bool {
+		l := h.leaves("/app")
+		return l["/app/k"] == "b0" && l["/app/other"] == "from b"
+	})
+}
+
+func TestPeriodicResync(t *testing.T) {
+	srv := etcdtest.New(t)
+	h := start(t, srv, srv.URL(), []string{"/app"}, func(c *Config) { c.ResyncInterval = 300 * time.Millisecond })
+	waitFor(t, "periodic resyncs", func() bool { return h.rec.resyncCount("periodic") >= 2 })
+}
+
+func TestAncestorDeleteEmptiesRoot(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/a/b/c", "1")
+	srv.Set(t, "/a/x", "2")
+	h := start(t, srv, srv.URL(), []string{"/a/b"}, nil)
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/a/b")["/a/b/c"] == "1" })
+	srv.Delete(t, "/a")
+	waitFor(t, "the root to empty", func() bool { return len(h.leaves("/a/b")) == 0 })
+}
+
+func TestHiddenKeysAreIgnored(t *testing.T) {
+	srv := etcdtest.New(t)
+	h := start(t, srv, srv.URL(), []string{"/app"}, nil)
+	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app") != nil })
+	srv.Set(t, "/app/_lock/x", "held")
+	srv.Set(t, "/app/visible", "v")
+	waitFor(t, "the visible key", func() bool { return h.leaves("/app")["/app/visible"] == "v" })
+	if _, ok := h.leaves("/app")["/app/_lock/x"]; ok {
+		t.Fatal("hidden key reached the tree (a GET would never list it)")
+	}
+}
+
+func TestIntervalModeWithFileBackend(t *testing.T) {
+	dir := t.TempDir()
+	f := filepath.Join(dir, "data.yaml")
+	os.WriteFile(f, []byte("app:\n  k: one\n"), 0o644)
+	rec := newRecorder()
+	w := New(Config{Source: &file.Source{Paths: []string{f}}, Interval: 100 * time.Millisecond, OnUpdate: rec.OnUpdate})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); w.Wait() }()
+	w.Start(ctx, []string{"/app"}, nil)
+	get := func() string {
+		s := w.Snapshots()["/app"]
+		if s == nil {
+			return ""
+		}
+		v, _ := s.Tree.Get("/app/k")
+		return v
+	}
+	waitFor(t, "first read", func() bool { return get() == "one" })
+	os.WriteFile(f, []byte("app:\n  k: two\n"), 0o644)
+	waitFor(t, "the edit", func() bool { return get() == "two" })
+}
+
+func TestSetRootsKeepsUntouchedLoops(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/a/k", "1")
+	srv.Set(t, "/b/k", "2")
+	proxy := etcdtest.NewProxy(t, srv.URL())
+	h := start(t, srv, proxy.URL(), []string{"/a"}, nil)
+	waitFor(t, "root /a", func() bool { return h.leaves("/a") != nil })
+	gets := func(root string) int {
+		return proxy.Count(func(r etcdtest.Request) bool { return !r.Watch() && r.Path == "/v2/keys"+root })
+	}
+	h.w.SetRoots([]string{"/a", "/b"}, nil)
+	waitFor(t, "root /b", func() bool { return h.leaves("/b")["/b/k"] == "2" })
+	if gets("/a") != 1 {
+		t.Fatalf("/a was re-read %d times when /b was added", gets("/a"))
+	}
+	h.w.SetRoots([]string{"/b"}, nil)
+	waitFor(t, "/a to stop", func() bool { return len(h.w.Status()) == 1 })
+}
+
+func TestCacheRoundTripAndRejections(t *testing.T) {
+	dir := t.TempDir()
+	c := &Cache{Path: filepath.Join(dir, "state", "cache.json"), Source: "http://127.0.0.1:2379"}
+	if snaps, err := c.Load([]string{"/a"}); err != nil || snaps != nil {
+		t.Fatalf("missing cache: %v %v", snaps, err)
+	}
+	tree := (&backends.Tree{}).Set("/a/x", "1").Set("/a/y/z", "2")
+	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	if err := c.Save(map[string]*backends.Snapshot{"/a": {Root: "/a", Tree: tree, Index: 42, ClusterID: "abc", FetchedAt: at}}); err != nil {
+		t.Fatal(err)
+	}
+	snaps, err := c.Load([]string{"/a", "/b"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := snaps["/a"]
+	if got == nil || got.Index != 42 || got.ClusterID != "abc" || !got.FetchedAt.Equal(at) ||
+		!reflect.DeepEqual(got.Tree.Leaves("/"), tree.Leaves("/")) || snaps["/b"] != nil {
+		t.Fatalf("round trip: %+v", snaps)
+	}
+	other := &Cache{Path: c.Path, Source: "http://elsewhere:2379"}
+	if _, err := other.Load([]string{"/a"}); err == nil || !strings.Contains(err.Error(), "elsewhere") {
+		t.Fatalf("cache of another source accepted: %v", err)
+	}
+	os.WriteFile(c.Path, []byte(`{"format":1,"source":"http://127.0.0.1:2379","roots":{"/a":{"values":{"/b/x":"1"}}}}`), 0o600)
+	if _, err := c.Load([]string{"/a"}); err == nil {
+		t.Fatal("key outside its root accepted")
+	}
+	os.WriteFile(c.Path, []byte(`{"format":1,"sou`), 0o600)
+	if _, err := c.Load([]string{"/a"}); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("corrupt cache: %v", err)
+	}
+}
