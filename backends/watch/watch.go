@@ -147,10 +147,12 @@ func (w *Watcher) Start(ctx context.Context, roots []string, seed map[string]*ba
 }
 
 // SetRoots changes the set of watched roots: loops for roots no longer
-// wanted stop, new ones start, and the others carry on undisturbed.
+// wanted stop, new ones start, and the others carry on undisturbed. A new
+// root with a seed snapshot starts from it (and reports it with reason
+// "cache") until its first read replaces it.
 func (w *Watcher) SetRoots(roots []string, seed map[string]*backends.Snapshot) {
+	var seeded []Update
 	w.mu.Lock()
-	defer w.mu.Unlock()
 	want := map[string]bool{}
 	for _, r := range roots {
 		want[r] = true
@@ -166,18 +168,24 @@ func (w *Watcher) SetRoots(roots []string, seed map[string]*backends.Snapshot) {
 			continue
 		}
 		ctx, cancel := context.WithCancel(w.ctx)
-		l := &rootLoop{w: w, root: root, cancel: cancel}
+		l := &rootLoop{w: w, root: root, cancel: cancel, resyncNow: make(chan struct{}, 1)}
 		l.status.Root = root
-		w.roots[root] = l
 		if snap := seed[root]; snap != nil {
-			l.publish(snap, nil, "cache")
-			l.setStatus(func(s *RootStatus) { s.FromCache = true; s.LastSync = snap.FetchedAt })
+			l.snap = snap
+			l.status.FromCache, l.status.LastSync = true, snap.FetchedAt
+			seeded = append(seeded, Update{Root: root, Snapshot: snap, Reason: "cache"})
 		}
+		w.roots[root] = l
 		w.wg.Add(1)
 		go func() {
 			defer w.wg.Done()
 			l.run(ctx)
 		}()
+	}
+	w.mu.Unlock()
+	// Outside the lock: the listener may call back into the watcher.
+	for _, u := range seeded {
+		w.cfg.OnUpdate(u)
 	}
 }
 
@@ -285,7 +293,6 @@ func (l *rootLoop) publish(snap *backends.Snapshot, changed []string, reason str
 }
 
 func (l *rootLoop) run(ctx context.Context) {
-	l.resyncNow = make(chan struct{}, 1)
 	c, isEtcd := l.w.cfg.Source.(*etcd.Client)
 	if !isEtcd || l.w.cfg.Interval > 0 {
 		l.runInterval(ctx)

@@ -37,8 +37,50 @@ file that does not load - the resources that did load were processed).`,
 	}
 }
 
-// extraCommands are the commands other than render; each file that
-// implements one adds itself here.
+func agentCommand() command {
+	return command{
+		name:    "agent",
+		summary: "keep confd resources rendered as etcd changes (the per-host daemon)",
+		synopsis: `confsync agent [-confdir DIR] [-node URL ...] [-wait MIN:MAX] [-state-dir DIR] [flags]
+confsync agent -interval SECONDS [flags]
+confsync agent -onetime [flags]`,
+		description: `Loads the resources in DIR/conf.d like confsync render, then keeps their
+files current. Each distinct subtree the resources need (a root) is read
+once and then followed with one recursive long-poll watch, whatever the
+number of resources: an event re-renders only the resources whose keys it
+touches. Updates are never missed: the watch resumes from the last index,
+re-reads the root when etcd's history no longer covers it (error 401), when
+the cluster changes or its index goes backwards, and every -resync-interval.
+
+Each root's last-known-good data is saved in -state-dir. Started while etcd
+is down, the agent renders from that cache, reports the data as stale and
+keeps retrying; when etcd returns it converges without a restart.
+
+Failed renders, checks and reloads are retried with backoff until they
+succeed. Resources sharing a reload_cmd settle together (-wait, or a
+resource's own wait = "MIN:MAX") and reload once. Resources sharing a dest
+never run at the same time.
+
+SIGHUP, or any change under conf.d/ or templates/, reloads resources; a
+file that no longer loads keeps its previous version running and is
+reported. SIGTERM lets running commands finish (-grace), then exits 0.
+
+-metrics-addr serves /metrics (confd_resource_healthy{name} and
+confd_resource_error_timestamp_seconds{name} as the site's alerts expect,
+plus confsync_* metrics), /healthz, /readyz (every resource rendered once,
+from etcd or cache) and /status (JSON, read by confsync check).
+
+With -interval, every root is re-read on that period instead of watched.
+-onetime runs confsync render and exits with its status.`,
+		run: runAgent,
+		flags: func() *flag.FlagSet {
+			var f agentFlags
+			return agentFlagSet(&f)
+		},
+	}
+}
+
+// extraCommands are the commands other than render.
 func extraCommands() []command {
-	return nil
+	return []command{agentCommand(), checkCommand()}
 }

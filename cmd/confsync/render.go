@@ -88,6 +88,11 @@ func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	if err := r.parse(fs, args); err != nil {
 		return usageError(stderr, "render", err)
 	}
+	return renderOnce(ctx, &r, stdout, stderr)
+}
+
+// renderOnce renders with parsed flags; `confsync agent -onetime` uses it too.
+func renderOnce(ctx context.Context, r *renderFlags, stdout, stderr io.Writer) int {
 	logger, err := newLogger(stderr, r.logLevel)
 	if err != nil {
 		return usageError(stderr, "render", err)
@@ -100,7 +105,7 @@ func runRender(ctx context.Context, args []string, stdout, stderr io.Writer) int
 	}
 	defer closeSrc()
 	if r.template != "" {
-		return renderTemplate(ctx, &r, src, stdout, stderr)
+		return renderTemplate(ctx, r, src, stdout, stderr)
 	}
 
 	resources, loadErrs := agent.LoadAll(agent.LoadOptions{ConfDir: r.confDir, Prefix: r.prefix, DestRoot: r.destRoot})

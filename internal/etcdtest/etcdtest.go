@@ -62,6 +62,36 @@ type Server struct {
 	mu        sync.Mutex
 	etcd      *embed.Etcd
 	front     *front
+	// pendingFront holds the public port from Start until the first
+	// Restart serves it.
+	pendingFront net.Listener
+}
+
+// config is the embedded server's configuration for the current ports.
+func (s *Server) config() *embed.Config {
+	cfg := embed.NewConfig()
+	cfg.Name = s.opts.Name
+	cfg.Dir = s.dir
+	cfg.EnableV2 = true
+	cfg.UnsafeNoFsync = !s.opts.Fsync
+	cfg.TickMs = 10
+	cfg.ElectionMs = 100
+	cfg.InitialClusterToken = s.token
+	cfg.ListenClientUrls = []url.URL{s.innerURL}
+	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
+	cfg.ListenPeerUrls = []url.URL{s.peerURL}
+	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
+	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if t := s.opts.TLS; t != nil {
+		cfg.ClientTLSInfo = transport.TLSInfo{
+			CertFile:       t.CertFile,
+			KeyFile:        t.KeyFile,
+			TrustedCAFile:  t.ClientCAFile,
+			ClientCertAuth: t.ClientCAFile != "",
+		}
+	}
+	return cfg
 }
 
 // Start launches a new server and waits until it serves requests.
@@ -82,20 +112,19 @@ func Start(opts Options) (*Server, error) {
 	if opts.TLS != nil {
 		scheme = "https"
 	}
-	clientPort, err := freePort()
+	// The public port is taken by listening on it, so no other process can
+	// grab it between choosing and using; etcd's own ports are internal.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
+	s.pendingFront = ln
 	peerPort, err := freePort()
 	if err != nil {
+		ln.Close()
 		return nil, err
 	}
-	innerPort, err := freePort()
-	if err != nil {
-		return nil, err
-	}
-	s.clientURL = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", clientPort)}
-	s.innerURL = url.URL{Scheme: scheme, Host: fmt.Sprintf("127.0.0.1:%d", innerPort)}
+	s.clientURL = url.URL{Scheme: scheme, Host: ln.Addr().String()}
 	s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
 	if err := s.Restart(); err != nil {
 		s.Close()
@@ -127,41 +156,27 @@ func (s *Server) Restart() error {
 	if s.etcd != nil {
 		return nil
 	}
-	cfg := embed.NewConfig()
-	cfg.Name = s.opts.Name
-	cfg.Dir = s.dir
-	cfg.EnableV2 = true
-	cfg.UnsafeNoFsync = !s.opts.Fsync
-	cfg.TickMs = 10
-	cfg.ElectionMs = 100
-	cfg.InitialClusterToken = s.token
-	cfg.ListenClientUrls = []url.URL{s.innerURL}
-	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
-	cfg.ListenPeerUrls = []url.URL{s.peerURL}
-	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
-	if t := s.opts.TLS; t != nil {
-		cfg.ClientTLSInfo = transport.TLSInfo{
-			CertFile:       t.CertFile,
-			KeyFile:        t.KeyFile,
-			TrustedCAFile:  t.ClientCAFile,
-			ClientCertAuth: t.ClientCAFile != "",
-		}
-	}
 	var e *embed.Etcd
 	var err error
-	// The port was free a moment ago, or was ours before a Stop; a socket in
-	// TIME_WAIT or a slow close can still hold it briefly.
+	// A port that was free a moment ago can be taken by the time etcd binds
+	// it: pick another internal client port; the peer port is part of the
+	// member's identity, so wait for it instead.
 	for attempt := 0; attempt < 50; attempt++ {
-		e, err = embed.StartEtcd(cfg)
+		port, perr := freePort()
+		if perr != nil {
+			return perr
+		}
+		s.innerURL = url.URL{Scheme: s.clientURL.Scheme, Host: fmt.Sprintf("127.0.0.1:%d", port)}
+		e, err = embed.StartEtcd(s.config())
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {
 			break
 		}
-		time.Sleep(100 * time.Millisecond)
+		if strings.Contains(err.Error(), s.peerURL.Host) {
+			time.Sleep(100 * time.Millisecond)
+		}
 	}
 	if err != nil {
-		return fmt.Errorf("etcdtest: start etcd on %s: %w", s.innerURL.Host, err)
+		return fmt.Errorf("etcdtest: start etcd: %w", err)
 	}
 	select {
 	case <-e.Server.ReadyNotify():
@@ -169,7 +184,12 @@ func (s *Server) Restart() error {
 		e.Close()
 		return errors.New("etcdtest: etcd did not become ready within 60s")
 	}
-	f, err := listenFront(s.clientURL.Host, s.innerURL.Host)
+	var f *front
+	if s.pendingFront != nil {
+		f, s.pendingFront = serveFront(s.pendingFront, s.innerURL.Host), nil
+	} else {
+		f, err = listenFront(s.clientURL.Host, s.innerURL.Host)
+	}
 	if err != nil {
 		e.Close()
 		return fmt.Errorf("etcdtest: listen on %s: %w", s.clientURL.Host, err)
@@ -200,6 +220,9 @@ func (s *Server) Running() bool {
 // Close stops the server and removes a data directory it created.
 func (s *Server) Close() {
 	s.Stop()
+	if s.pendingFront != nil {
+		s.pendingFront.Close()
+	}
 	if s.ownDir {
 		os.RemoveAll(s.dir)
 	}

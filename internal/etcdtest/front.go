@@ -32,9 +32,13 @@ func listenFront(addr, target string) (*front, error) {
 	if err != nil {
 		return nil, err
 	}
+	return serveFront(ln, target), nil
+}
+
+func serveFront(ln net.Listener, target string) *front {
 	f := &front{ln: ln, target: target, conns: map[net.Conn]struct{}{}}
 	go f.serve()
-	return f, nil
+	return f
 }
 
 func (f *front) serve() {

@@ -1,0 +1,569 @@
+package agent
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net/http/httptest"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/watch"
+	"github.com/confsync/confsync/internal/etcdtest"
+)
+
+// eventually polls cond until it holds; the deadline is generous because
+// nothing here measures speed.
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(60 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func fileIs(path, want string) func() bool {
+	return func() bool {
+		b, err := os.ReadFile(path)
+		return err == nil && string(b) == want
+	}
+}
+
+const hostsTemplate = `{{range gets "/pool/*"}}{{base .Key}}={{.Value}}
+{{end}}`
+
+// testAgent is an agent running in the test's process.
+type testAgent struct {
+	*Agent
+	t      *testing.T
+	out    string
+	cancel context.CancelFunc
+	done   chan struct{}
+	logs   *syncBuffer
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf strings.Builder
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
+
+// agentConfig is a daemon over urls with fast retries.
+func agentConfig(t *testing.T, dir, stateDir string, urls ...string) Config {
+	t.Helper()
+	src, err := etcd.New(context.Background(), etcd.Config{Endpoints: urls})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(src.Close)
+	return Config{
+		Load:        LoadOptions{ConfDir: dir},
+		Source:      src,
+		StateDir:    stateDir,
+		CacheSource: "etcd:" + strings.Join(urls, ","),
+		RetryMin:    50 * time.Millisecond,
+		RetryMax:    500 * time.Millisecond,
+		Grace:       10 * time.Second,
+		Watch:       watch.Config{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond},
+	}
+}
+
+func startAgent(t *testing.T, cfg Config) *testAgent {
+	t.Helper()
+	logs := &syncBuffer{}
+	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	a, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ta := &testAgent{Agent: a, t: t, cancel: cancel, done: make(chan struct{}), logs: logs}
+	go func() {
+		defer close(ta.done)
+		a.Run(ctx)
+	}()
+	t.Cleanup(ta.stop)
+	return ta
+}
+
+func (ta *testAgent) stop() {
+	ta.cancel()
+	<-ta.done
+	if ta.t.Failed() {
+		ta.t.Logf("agent log:\n%s", ta.logs.String())
+	}
+}
+
+func (ta *testAgent) resource(name string) ResourceStatus {
+	for _, r := range ta.Status().Resources {
+		if r.Name == name {
+			return r
+		}
+	}
+	ta.t.Fatalf("no resource %s", name)
+	return ResourceStatus{}
+}
+
+func resourceToml(dest string, extra ...string) string {
+	return "[template]\nsrc = \"hosts.tmpl\"\ndest = \"" + dest + "\"\nkeys = [\"/pool\"]\n" + strings.Join(extra, "\n") + "\n"
+}
+
+func TestRendersAndFollowsChanges(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	srv.Set(t, "/pool/b", "2")
+	eventually(t, "the new key", fileIs(out+"/hosts", "a=1\nb=2\n"))
+	srv.Delete(t, "/pool/a")
+	eventually(t, "the deletion", fileIs(out+"/hosts", "b=2\n"))
+	eventually(t, "readiness", func() bool { return a.Status().Ready })
+}
+
+// The number of long polls to etcd is the number of roots, not of
+// resources, and an event re-renders only the resources it concerns.
+func TestOneWatchPerRootAndOnlyAffectedResourcesRender(t *testing.T) {
+	srv := etcdtest.New(t)
+	for i := 0; i < 10; i++ {
+		srv.Set(t, fmt.Sprintf("/site/pools/p%d/h", i), "x")
+	}
+	proxy := etcdtest.NewProxy(t, srv.URL())
+	out := t.TempDir()
+	files := map[string]string{"templates/t.tmpl": `{{range gets "/*"}}{{.Value}}{{end}}`}
+	for i := 0; i < 30; i++ {
+		files[fmt.Sprintf("conf.d/r%02d.toml", i)] = fmt.Sprintf("[template]\nsrc = \"t.tmpl\"\ndest = \"%s/r%02d\"\nprefix = \"/site/pools/p%d\"\nkeys = [\"/\"]\n", out, i, i%10)
+	}
+	dir := confdir(t, files)
+	cfg := agentConfig(t, dir, "", proxy.URL())
+	cfg.Load.Prefix = ""
+	// Three resources per pool; the resources' keys cover the pools, so
+	// the roots are the ten pools.
+	a := startAgent(t, cfg)
+	eventually(t, "all rendered", func() bool { return a.Status().Ready })
+	eventually(t, "ten watches", func() bool { return proxy.OpenWatches() == 10 })
+	proxy.Reset()
+	before := map[string]int{}
+	for _, r := range a.Status().Resources {
+		before[r.Name] = r.Renders
+	}
+	srv.Set(t, "/site/pools/p3/h", "changed")
+	for _, name := range []string{"r03", "r13", "r23"} {
+		eventually(t, name+" to change", fileIs(out+"/"+name, "changed"))
+		eventually(t, name+" to be counted", func() bool { return a.resource(name+".toml").Renders > before[name+".toml"] })
+	}
+	for _, r := range a.Status().Resources {
+		grew := r.Renders - before[r.Name]
+		affected := r.Name == "r03.toml" || r.Name == "r13.toml" || r.Name == "r23.toml"
+		if affected && grew != 1 || !affected && grew != 0 {
+			t.Errorf("%s rendered %d more times", r.Name, grew)
+		}
+	}
+	if n := proxy.MaxOpenWatches(); n > 10 {
+		t.Errorf("%d long polls at once for 10 roots", n)
+	}
+	if n := proxy.Count(func(r etcdtest.Request) bool { return !r.Watch() }); n != 0 {
+		t.Errorf("%d reads besides the watches after an event", n)
+	}
+}
+
+func TestNoUpdateMissed(t *testing.T) {
+	srv := etcdtest.New(t)
+	proxy := etcdtest.NewProxy(t, srv.URL())
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", proxy.URL()))
+	eventually(t, "first render", fileIs(out+"/hosts", ""))
+
+	// A burst.
+	want := map[string]string{}
+	for i := 0; i < 1000; i++ {
+		k := fmt.Sprintf("h%02d", i%25)
+		want[k] = fmt.Sprint(i)
+		srv.Set(t, "/pool/"+k, want[k])
+	}
+	expect := render(want)
+	eventually(t, "the burst's final state", fileIs(out+"/hosts", expect))
+	writes := a.resource("hosts.toml").Writes
+	t.Logf("1000 writes gave %d file rewrites", writes)
+
+	// A forced 401: cut the agent off while history moves on.
+	proxy.SetDown(true)
+	proxy.CloseClientConnections()
+	srv.Set(t, "/pool/h00", "during-outage")
+	for i := 0; i < 1100; i++ {
+		srv.Set(t, "/elsewhere", fmt.Sprint(i))
+	}
+	proxy.SetDown(false)
+	want["h00"] = "during-outage"
+	eventually(t, "the change made during the cut", fileIs(out+"/hosts", render(want)))
+
+	// An etcd restart.
+	srv.Stop()
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Set(t, "/pool/h01", "after-restart")
+	want["h01"] = "after-restart"
+	eventually(t, "the change after the restart", fileIs(out+"/hosts", render(want)))
+}
+
+func render(m map[string]string) string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sortStrings(keys)
+	var b strings.Builder
+	for _, k := range keys {
+		fmt.Fprintf(&b, "%s=%s\n", k, m[k])
+	}
+	return b.String()
+}
+
+func sortStrings(s []string) {
+	for i := 1; i < len(s); i++ {
+		for j := i; j > 0 && s[j] < s[j-1]; j-- {
+			s[j], s[j-1] = s[j-1], s[j]
+		}
+	}
+}
+
+// The whole outage story: etcd goes away (files stay, staleness shows);
+// the agent restarts while it is away (files come from the cache); etcd
+// returns (the agent converges without a restart).
+func TestOutageAndCache(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out, state := t.TempDir(), t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	cfg := agentConfig(t, dir, state, srv.URL())
+	a := startAgent(t, cfg)
+	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	eventually(t, "the cache", func() bool { _, err := os.Stat(filepath.Join(state, "cache.json")); return err == nil })
+
+	srv.Stop()
+	eventually(t, "staleness to show", func() bool {
+		s := a.Status()
+		return !s.BackendUp && len(s.Roots) == 1 && s.Roots[0].AgeSeconds > 0
+	})
+	if !fileIs(out+"/hosts", "a=1\n")() {
+		t.Fatal("file changed while etcd was down")
+	}
+	a.stop()
+
+	// Restart during the outage, with the destination damaged meanwhile.
+	os.WriteFile(out+"/hosts", []byte("garbage\n"), 0o644)
+	b := startAgent(t, cfg)
+	eventually(t, "render from cache", fileIs(out+"/hosts", "a=1\n"))
+	eventually(t, "readiness from cache", func() bool { return b.Status().Ready })
+	st := b.Status()
+	if st.BackendUp || !st.Roots[0].FromCache {
+		t.Fatalf("status does not report stale cached data: %+v", st.Roots)
+	}
+
+	if err := srv.Restart(); err != nil {
+		t.Fatal(err)
+	}
+	srv.Set(t, "/pool/b", "2")
+	eventually(t, "convergence after etcd returns", fileIs(out+"/hosts", "a=1\nb=2\n"))
+	eventually(t, "fresh status", func() bool {
+		s := b.Status()
+		return s.BackendUp && !s.Roots[0].FromCache && s.Roots[0].AgeSeconds == 0
+	})
+}
+
+func TestCorruptOrForeignCacheIsIgnoredWithAWarning(t *testing.T) {
+	srv := etcdtest.New(t)
+	url := srv.URL()
+	srv.Stop()
+	out, state := t.TempDir(), t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	os.WriteFile(filepath.Join(state, "cache.json"), []byte(`{"format":1,"source":"etcd:http://other:2379","roots":{"/pool":{"values":{"/pool/x":"1"}}}}`), 0o600)
+	a := startAgent(t, agentConfig(t, dir, state, url))
+	eventually(t, "a warning", func() bool { return strings.Contains(a.logs.String(), "cache not used") })
+	if _, err := os.Stat(out + "/hosts"); err == nil {
+		t.Fatal("rendered from another cluster's cache")
+	}
+	a.stop()
+	os.WriteFile(filepath.Join(state, "cache.json"), []byte("{not json"), 0o600)
+	b := startAgent(t, agentConfig(t, dir, state, url))
+	eventually(t, "a warning", func() bool { return strings.Contains(b.logs.String(), "corrupt") })
+}
+
+func TestFailedCheckKeepsOldFileAndIsRetried(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	gate := filepath.Join(out, "check-passes")
+	os.WriteFile(gate, nil, 0o644)
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out+"/hosts", `check_cmd = "test -e `+gate+`"`),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	os.Remove(gate)
+	srv.Set(t, "/pool/a", "2")
+	eventually(t, "failures to be retried", func() bool { return a.resource("hosts.toml").Failures >= 3 })
+	if !fileIs(out+"/hosts", "a=1\n")() {
+		t.Fatal("a failed check replaced the file")
+	}
+	if r := a.resource("hosts.toml"); r.Healthy || r.LastErrorKind != "check" {
+		t.Fatalf("status %+v", r)
+	}
+	os.WriteFile(gate, nil, 0o644)
+	eventually(t, "the retry to succeed", fileIs(out+"/hosts", "a=2\n"))
+	eventually(t, "health", func() bool { return a.resource("hosts.toml").Healthy })
+	assertNoStage(t, out)
+}
+
+func TestFailedReloadIsRetriedAndRunsOncePerGroup(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	gate := filepath.Join(out, "reload-works")
+	reload := fmt.Sprintf(`reload_cmd = "test -e %s && echo reload >> %s/reloads"`, gate, out)
+	dir := confdir(t, map[string]string{
+		"conf.d/one.toml":      resourceToml(out+"/one", reload),
+		"conf.d/two.toml":      resourceToml(out+"/two", reload),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "files written", func() bool { return fileIs(out+"/one", "a=1\n")() && fileIs(out+"/two", "a=1\n")() })
+	eventually(t, "reload retried", func() bool { return a.resource("one.toml").Failures >= 3 })
+	if !a.resource("one.toml").PendingReload {
+		t.Fatal("failed reload not pending")
+	}
+	os.WriteFile(gate, nil, 0o644)
+	eventually(t, "the reload to succeed", func() bool {
+		r := a.resource("one.toml")
+		return r.Healthy && !r.PendingReload
+	})
+	if got, _ := os.ReadFile(out + "/reloads"); string(got) != "reload\n" {
+		t.Fatalf("two resources sharing a reload command reloaded %q", got)
+	}
+	// A change to both: one reload.
+	srv.Set(t, "/pool/a", "2")
+	eventually(t, "second reload", fileIs(out+"/reloads", "reload\nreload\n"))
+}
+
+func TestHungReloadIsKilledAtItsTimeout(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out+"/hosts", `reload_cmd = "sleep 600"`, `reload_cmd_timeout = "300ms"`),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "a timeout", func() bool {
+		return strings.Contains(a.resource("hosts.toml").LastError, "timeout")
+	})
+}
+
+func TestBrokenResourceFileDoesNotStopTheOthers(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/good.toml":     resourceToml(out + "/good"),
+		"conf.d/bad.toml":      resourceToml(out+"/bad", `mode = "9"`),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "the good resource", fileIs(out+"/good", "a=1\n"))
+	st := a.Status()
+	if len(st.FailedFiles) != 1 || !strings.Contains(st.FailedFiles[0].Error, "mode") {
+		t.Fatalf("failed files %+v", st.FailedFiles)
+	}
+	// Fix it: the fsnotify watch reloads it.
+	os.WriteFile(filepath.Join(dir, "conf.d/bad.toml"), []byte(resourceToml(out+"/bad")), 0o644)
+	eventually(t, "the fixed resource", fileIs(out+"/bad", "a=1\n"))
+	// Break the good one: its previous version keeps running, with the
+	// error reported.
+	os.WriteFile(filepath.Join(dir, "conf.d/good.toml"), []byte("[template]\nsrc = 1\n"), 0o644)
+	eventually(t, "the config error", func() bool { return a.resource("good.toml").ConfigError != "" })
+	srv.Set(t, "/pool/a", "2")
+	eventually(t, "the old version to keep rendering", fileIs(out+"/good", "a=2\n"))
+}
+
+func TestHotReloadAddsResourcesAndRoots(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	srv.Set(t, "/other/x", "y")
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	os.WriteFile(filepath.Join(dir, "templates/other.tmpl"), []byte(`{{getv "/other/x"}}`), 0o644)
+	os.WriteFile(filepath.Join(dir, "conf.d/other.toml"), []byte("[template]\nsrc = \"other.tmpl\"\ndest = \""+out+"/other\"\nkeys = [\"/other\"]\n"), 0o644)
+	eventually(t, "the new resource", fileIs(out+"/other", "y"))
+	// A template edit re-renders.
+	os.WriteFile(filepath.Join(dir, "templates/other.tmpl"), []byte(`x={{getv "/other/x"}}`), 0o644)
+	eventually(t, "the edited template", fileIs(out+"/other", "x=y"))
+	// SIGHUP's path, without a file change, is harmless.
+	a.Reload()
+	if n := len(a.watcher.Status()); n != 2 {
+		t.Fatalf("%d roots watched, want 2", n)
+	}
+}
+
+func TestQuiescenceSettlesABurst(t *testing.T) {
+	srv := etcdtest.New(t)
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out+"/hosts", `wait = "300ms:5s"`),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "first render", fileIs(out+"/hosts", ""))
+	for i := 0; i < 100; i++ {
+		srv.Set(t, "/pool/k", fmt.Sprint(i))
+	}
+	eventually(t, "the settled value", fileIs(out+"/hosts", "k=99\n"))
+	if w := a.resource("hosts.toml").Writes; w > 3 {
+		t.Fatalf("%d writes for a 100-write burst with quiescence", w)
+	}
+}
+
+func TestShutdownLetsRunningCommandsFinish(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out+"/hosts", `reload_cmd = "touch `+out+`/started; sleep 1; touch `+out+`/finished"`),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	eventually(t, "the reload to start", func() bool { _, err := os.Stat(out + "/started"); return err == nil })
+	a.stop()
+	if _, err := os.Stat(out + "/finished"); err != nil {
+		t.Fatal("shutdown killed a running reload instead of letting it finish")
+	}
+	assertNoStage(t, out)
+}
+
+func TestIntervalMode(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	proxy := etcdtest.NewProxy(t, srv.URL())
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/one.toml":      resourceToml(out + "/one"),
+		"conf.d/two.toml":      resourceToml(out + "/two"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	cfg := agentConfig(t, dir, "", proxy.URL())
+	cfg.Interval = 200 * time.Millisecond
+	startAgent(t, cfg)
+	eventually(t, "first render", fileIs(out+"/two", "a=1\n"))
+	srv.Set(t, "/pool/a", "2")
+	eventually(t, "the change", fileIs(out+"/one", "a=2\n"))
+	if n := proxy.Count(func(r etcdtest.Request) bool { return r.Watch() }); n != 0 {
+		t.Fatalf("%d watches in interval mode", n)
+	}
+	reads := proxy.Count(nil)
+	eventually(t, "more ticks", func() bool { return proxy.Count(nil) >= reads+3 })
+	for _, r := range proxy.Requests() {
+		if r.Path != "/v2/keys/pool" {
+			t.Fatalf("unexpected request %+v: one GET per root per tick", r)
+		}
+	}
+}
+
+func TestHTTPEndpointsAndMetricNames(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/_etc_hosts.toml": resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl":   hostsTemplate,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	web := httptest.NewServer(a.Handler())
+	defer web.Close()
+	eventually(t, "readiness", func() bool {
+		resp, err := web.Client().Get(web.URL + "/readyz")
+		if err != nil {
+			return false
+		}
+		resp.Body.Close()
+		return resp.StatusCode == 200
+	})
+	resp, err := web.Client().Get(web.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`confd_resource_healthy{name="_etc_hosts.toml"} 1`,
+		`confd_resource_error_timestamp_seconds{name="_etc_hosts.toml"} -1`,
+		`confsync_resource_last_success_timestamp_seconds{name="_etc_hosts.toml"}`,
+		`confsync_data_age_seconds{root="/pool"} 0`,
+		`confsync_etcd_index{root="/pool"}`,
+		`confsync_backend_up 1`,
+		`confsync_render_duration_seconds_bucket`,
+		`confsync_resource_renders_total{name="_etc_hosts.toml"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	resp, err = web.Client().Get(web.URL + "/status")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var st Status
+	json.NewDecoder(resp.Body).Decode(&st)
+	resp.Body.Close()
+	if !st.Ready || len(st.Resources) != 1 || st.Resources[0].Dest != out+"/hosts" {
+		t.Fatalf("status %+v", st)
+	}
+}
+
+func assertNoStage(t *testing.T, dir string) {
+	t.Helper()
+	m, _ := filepath.Glob(filepath.Join(dir, ".*.confsync-*"))
+	if len(m) > 0 {
+		t.Fatalf("stage files left: %v", m)
+	}
+}

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"strings"
+	"syscall"
+	"time"
+
+	"github.com/confsync/confsync/agent"
+	"github.com/confsync/confsync/backends/watch"
+)
+
+// agentFlags are the render flags plus the daemon's own.
+type agentFlags struct {
+	renderFlags
+	watch          bool
+	interval       int
+	stateDir       string
+	metricsAddr    string
+	wait           string
+	resyncInterval time.Duration
+	grace          time.Duration
+}
+
+func (f *agentFlags) register(fs *flag.FlagSet) {
+	f.renderFlags.register(fs)
+	// The agent runs until stopped unless -onetime is given.
+	fs.Lookup("onetime").DefValue = "false"
+	f.onetime = false
+	fs.Lookup("onetime").Usage = "render every resource once and exit, exactly like confsync render"
+	fs.BoolVar(&f.watch, "watch", true, "follow etcd with one long-poll watch per root (the default)")
+	fs.IntVar(&f.interval, "interval", 0, "instead of watching, re-read every root every this many seconds")
+	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/confsync", `where the last-known-good cache lives ("" disables it)`)
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9105", `HOST:PORT for /metrics, /healthz, /readyz and /status ("" disables)`)
+	fs.StringVar(&f.wait, "wait", "0", "quiescence MIN:MAX: render once changes stop for MIN, at most MAX after the first (e.g. 2s:10s)")
+	fs.DurationVar(&f.resyncInterval, "resync-interval", 10*time.Minute, "re-read every root and re-apply every resource this often in watch mode")
+	fs.DurationVar(&f.grace, "grace", 30*time.Second, "on SIGTERM, let running check and reload commands finish this long")
+}
+
+func agentFlagSet(f *agentFlags) *flag.FlagSet {
+	fs := flag.NewFlagSet("agent", flag.ContinueOnError)
+	f.register(fs)
+	return fs
+}
+
+func (f *agentFlags) validate(fs *flag.FlagSet) error {
+	explicit := map[string]bool{}
+	fs.Visit(func(fl *flag.Flag) { explicit[fl.Name] = true })
+	if explicit["watch"] && f.watch && f.interval > 0 {
+		return errors.New("-watch and -interval exclude each other; -resync-interval sets the periodic full read in watch mode")
+	}
+	if f.interval < 0 {
+		return errors.New("-interval must be positive")
+	}
+	if !f.watch && f.interval == 0 {
+		f.interval = 600 // confd's default polling period
+	}
+	if f.template != "" {
+		return errors.New("-template is for confsync render")
+	}
+	_, _, err := agent.ParseWait(f.wait)
+	return err
+}
+
+func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+	var f agentFlags
+	fs := agentFlagSet(&f)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, commandHelp("agent")) }
+	if err := f.parse(fs, args); err != nil {
+		return usageError(stderr, "agent", err)
+	}
+	if err := f.validate(fs); err != nil {
+		return usageError(stderr, "agent", err)
+	}
+	if f.onetime {
+		return renderOnce(ctx, &f.renderFlags, stdout, stderr)
+	}
+	logger, err := newLogger(stderr, f.logLevel)
+	if err != nil {
+		return usageError(stderr, "agent", err)
+	}
+	src, closeSrc, err := f.source(ctx, logger)
+	if err != nil {
+		return usageError(stderr, "agent", err)
+	}
+	defer closeSrc()
+	if f.backend == "env" && f.interval == 0 {
+		return usageError(stderr, "agent", errors.New("-backend env cannot be watched; give -interval or -onetime"))
+	}
+	if f.stateDir != "" {
+		if err := os.MkdirAll(f.stateDir, 0o750); err != nil {
+			return usageError(stderr, "agent", fmt.Errorf("-state-dir: %w (or -state-dir \"\" to run without a cache)", err))
+		}
+	}
+	waitMin, waitMax, _ := agent.ParseWait(f.wait)
+	a, err := agent.New(agent.Config{
+		Load:           agent.LoadOptions{ConfDir: f.confDir, Prefix: f.prefix, DestRoot: f.destRoot},
+		Source:         src,
+		Interval:       time.Duration(f.interval) * time.Second,
+		ResyncInterval: f.resyncInterval,
+		WaitMin:        waitMin,
+		WaitMax:        waitMax,
+		StateDir:       f.stateDir,
+		CacheSource:    f.cacheSource(),
+		Grace:          f.grace,
+		Options:        agent.Options{Noop: f.noop, SyncOnly: f.syncOnly, KeepStageFile: f.keepStageFile, Diff: stdout, Logger: logger},
+		Watch:          watch.Config{},
+	})
+	if err != nil {
+		return usageError(stderr, "agent", err)
+	}
+	if f.metricsAddr != "" {
+		ln, err := net.Listen("tcp", f.metricsAddr)
+		if err != nil {
+			return usageError(stderr, "agent", fmt.Errorf("-metrics-addr: %w (pick a free port per agent, or \"\" to disable)", err))
+		}
+		srv := &http.Server{Handler: a.Handler(), ReadHeaderTimeout: 10 * time.Second}
+		go srv.Serve(ln)
+		defer srv.Close()
+		logger.Info("serving metrics and status", "addr", ln.Addr().String())
+	}
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-hup:
+				a.Reload()
+			}
+		}
+	}()
+	logger.Info("agent started", "confdir", f.confDir, "mode", f.mode())
+	if err := a.Run(ctx); err != nil {
+		fmt.Fprintf(stderr, "confsync agent: %v\n", err)
+		return 1
+	}
+	return 0
+}
+
+func (f *agentFlags) mode() string {
+	if f.interval > 0 {
+		return fmt.Sprintf("interval %ds", f.interval)
+	}
+	return "watch"
+}
+
+// cacheSource names the data source, so that a cache written while
+// talking to another cluster is not used.
+func (f *agentFlags) cacheSource() string {
+	switch f.backend {
+	case "etcd":
+		switch {
+		case f.srvRecord != "":
+			return "etcd-srv:" + f.srvRecord
+		case f.srvDomain != "":
+			return "etcd-srv-domain:" + f.srvDomain
+		}
+		return "etcd:" + strings.Join(f.etcdConfig().Endpoints, ",")
+	case "file":
+		return "file:" + strings.Join(f.files, ",")
+	}
+	return f.backend
+}
