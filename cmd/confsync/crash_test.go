@@ -1,7 +1,6 @@
 package main
 
 import (
-	"context"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -21,7 +20,7 @@ func TestMain(m *testing.M) {
 	if args := os.Getenv("CONFSYNC_TEST_ARGS"); args != "" {
 		var argv []string
 		json.Unmarshal([]byte(args), &argv)
-		os.Exit(run(context.Background(), argv, os.Stdout, os.Stderr))
+		os.Exit(runMain(argv))
 	}
 	os.Exit(m.Run())
 }
