@@ -86,18 +86,18 @@ func (s Snapshots) For(key string) *backends.Snapshot {
 // presents them. A key with no snapshot or no leaves simply contributes
 // nothing.
 func (r *Resource) View(snaps Snapshots) *tmpl.Store {
-	m := make(map[string]string)
+	var pairs tmpl.KVPairs
 	for _, key := range r.PrefixedKeys {
 		snap := snaps.For(key)
 		if snap == nil {
 			continue
 		}
 		snap.Tree.Walk(key, func(k, v string) bool {
-			m[path.Join("/", strings.TrimPrefix(k, r.Prefix))] = v
+			pairs = append(pairs, tmpl.KVPair{Key: path.Join("/", strings.TrimPrefix(k, r.Prefix)), Value: v})
 			return true
 		})
 	}
-	return tmpl.NewStore(m)
+	return tmpl.NewStoreFromPairs(pairs)
 }
 
 // Render executes the template over store, to memory.
@@ -125,7 +125,9 @@ func (r *Resource) Apply(ctx context.Context, store *tmpl.Store, opts Options) O
 			return out.fail(KindWrite, err)
 		}
 	}
-	fileout.RemoveStale(r.Dest)
+	// Stage files are only left behind by a killed process: sweep once
+	// per loaded resource, not on every render.
+	r.sweep.Do(func() { fileout.RemoveStale(r.Dest) })
 	plan, err := fileout.Inspect(fileout.Spec{Dest: r.Dest, Content: content, Mode: r.Mode, UID: r.UID, GID: r.GID})
 	if err != nil {
 		return out.fail(KindWrite, err)

@@ -18,6 +18,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"text/template"
 	"time"
 
@@ -64,6 +65,7 @@ type Resource struct {
 	MakeDirs bool
 
 	Template *tmpl.Template
+	sweep    sync.Once
 }
 
 // LoadOptions say where resources live and how to read them.

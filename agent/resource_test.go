@@ -10,19 +10,22 @@ import (
 )
 
 // confdir writes a confdir with the given files (paths relative to it).
-func confdir(t *testing.T, files map[string]string) string {
-	t.Helper()
-	dir := t.TempDir()
+func confdir(tb testing.TB, files map[string]string) string {
+	tb.Helper()
+	dir := tb.TempDir()
 	for name, text := range files {
-		p := filepath.Join(dir, name)
-		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(p, []byte(text), 0o644); err != nil {
-			t.Fatal(err)
+		if err := mkdirAndWrite(filepath.Join(dir, name), text); err != nil {
+			tb.Fatal(err)
 		}
 	}
 	return dir
+}
+
+func mkdirAndWrite(path, text string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o755); err != nil {
+		return err
+	}
+	return os.WriteFile(path, []byte(text), 0o644)
 }
 
 func TestLoadReadsConfdResource(t *testing.T) {

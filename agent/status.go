@@ -3,6 +3,7 @@ package agent
 import (
 	"encoding/json"
 	"net/http"
+	"net/http/pprof"
 	"sort"
 	"time"
 
@@ -103,10 +104,14 @@ func (a *Agent) Status() Status {
 	return s
 }
 
-// Handler serves /metrics, /healthz, /readyz and /status.
+// Handler serves /metrics, /healthz, /readyz, /status and /debug/pprof/.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", promhttp.HandlerFor(a.cfg.Registry, promhttp.HandlerOpts{}))
+	// Profiles help diagnose a misbehaving agent; the address is loopback
+	// by default, like the rest of this handler.
+	mux.HandleFunc("/debug/pprof/", pprof.Index)
+	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Write([]byte("ok\n"))
 	})

@@ -326,3 +326,70 @@ func Covers(root, key string) bool {
 	}
 	return strings.HasPrefix(key, root+"/")
 }
+
+// Builder assembles a Tree from many keys at once. Unlike Set, which copies
+// the path it changes so that older Trees stay valid, a Builder mutates its
+// own private nodes, so loading n keys costs O(n log n) rather than
+// copying every directory once per key below it.
+type Builder struct {
+	root *buildDir
+	size int
+}
+
+type buildDir struct {
+	children map[string]*buildEntry
+}
+
+type buildEntry struct {
+	value    string
+	hasValue bool
+	dir      *buildDir
+}
+
+// Set records key = value; a later Set of the same key wins.
+func (b *Builder) Set(key, value string) {
+	segs := Segments(key)
+	if len(segs) == 0 {
+		return
+	}
+	if b.root == nil {
+		b.root = &buildDir{children: map[string]*buildEntry{}}
+	}
+	d := b.root
+	for i, s := range segs {
+		e := d.children[s]
+		if e == nil {
+			e = &buildEntry{}
+			d.children[s] = e
+		}
+		if i == len(segs)-1 {
+			if !e.hasValue {
+				b.size++
+			}
+			e.value, e.hasValue = value, true
+			return
+		}
+		if e.dir == nil {
+			e.dir = &buildDir{children: map[string]*buildEntry{}}
+		}
+		d = e.dir
+	}
+}
+
+// Tree returns the immutable tree built so far. The Builder must not be
+// used afterwards.
+func (b *Builder) Tree() *Tree {
+	return &Tree{root: b.root.freeze(), size: b.size}
+}
+
+func (d *buildDir) freeze() *dirNode {
+	if d == nil || len(d.children) == 0 {
+		return nil
+	}
+	n := &dirNode{entries: make([]entry, 0, len(d.children))}
+	for name, e := range d.children {
+		n.entries = append(n.entries, entry{name: name, value: e.value, hasValue: e.hasValue, dir: e.dir.freeze()})
+	}
+	sort.Slice(n.entries, func(i, j int) bool { return n.entries[i].name < n.entries[j].name })
+	return n
+}

@@ -90,3 +90,32 @@ func copyMap(m map[string]string) map[string]string {
 	}
 	return c
 }
+
+func TestBuilderMatchesSet(t *testing.T) {
+	rng := rand.New(rand.NewSource(2))
+	var b Builder
+	viaSet := &Tree{}
+	for i := 0; i < 2000; i++ {
+		k := fmt.Sprintf("/p/%d/c%d/h%d", rng.Intn(5), rng.Intn(20), rng.Intn(50))
+		v := fmt.Sprint(i)
+		b.Set(k, v)
+		viaSet = viaSet.Set(k, v)
+	}
+	built := b.Tree()
+	if !reflect.DeepEqual(built.Leaves("/"), viaSet.Leaves("/")) || built.Len() != viaSet.Len() {
+		t.Fatal("Builder and Set disagree")
+	}
+	var diffs []string
+	Diff(built, viaSet, func(k string) { diffs = append(diffs, k) })
+	if len(diffs) != 0 {
+		t.Fatalf("Diff finds %v", diffs)
+	}
+	// The built tree takes updates like any other.
+	if got := built.Set("/p/9/x", "y").Len(); got != built.Len()+1 {
+		t.Fatalf("Len after Set %d", got)
+	}
+	var empty Builder
+	if empty.Tree().Len() != 0 || len(empty.Tree().Leaves("/")) != 0 {
+		t.Fatal("empty builder")
+	}
+}

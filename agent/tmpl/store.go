@@ -47,6 +47,21 @@ func NewStore(pairs map[string]string) *Store {
 	return s
 }
 
+// NewStoreFromPairs builds a Store from pairs, which it takes over (the
+// caller must not use the slice afterwards). When a key appears twice, the
+// later pair wins. It saves NewStore's map for large views.
+func NewStoreFromPairs(pairs KVPairs) *Store {
+	slices.SortStableFunc(pairs, func(a, b KVPair) int { return strings.Compare(a.Key, b.Key) })
+	out := pairs[:0]
+	for i, p := range pairs {
+		if i+1 < len(pairs) && pairs[i+1].Key == p.Key {
+			continue // a later pair for the same key follows
+		}
+		out = append(out, p)
+	}
+	return &Store{pairs: out}
+}
+
 // Len reports how many keys the store holds.
 func (s *Store) Len() int { return len(s.all()) }
 

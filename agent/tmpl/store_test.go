@@ -259,3 +259,11 @@ func TestStoreConcurrentReads(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+func TestNewStoreFromPairsSortsAndLaterWins(t *testing.T) {
+	s := NewStoreFromPairs(KVPairs{{"/b", "1"}, {"/a", "x"}, {"/b", "2"}, {"/a/c", "3"}})
+	got, _ := s.GetAll("/*")
+	if len(got) != 2 || got[0] != (KVPair{"/a", "x"}) || got[1] != (KVPair{"/b", "2"}) || s.Len() != 3 {
+		t.Fatalf("got %v (len %d)", got, s.Len())
+	}
+}

@@ -26,7 +26,7 @@ func (s *Source) Fetch(ctx context.Context, root string) (*backends.Snapshot, er
 	}
 	root = backends.CleanKey(root)
 	prefix := VarName(root)
-	tree := &backends.Tree{}
+	var b backends.Builder
 	for _, kv := range environ() {
 		name, value, ok := strings.Cut(kv, "=")
 		if !ok || name == "" || !strings.HasPrefix(name, prefix) {
@@ -34,10 +34,10 @@ func (s *Source) Fetch(ctx context.Context, root string) (*backends.Snapshot, er
 		}
 		key := KeyName(name)
 		if backends.Covers(root, key) {
-			tree = tree.Set(key, value)
+			b.Set(key, value)
 		}
 	}
-	return &backends.Snapshot{Root: root, Tree: tree, FetchedAt: time.Now()}, nil
+	return &backends.Snapshot{Root: root, Tree: b.Tree(), FetchedAt: time.Now()}, nil
 }
 
 // VarName maps a key to its variable: /database/host → DATABASE_HOST.

@@ -95,14 +95,14 @@ func (c *Client) Fetch(ctx context.Context, root string) (*backends.Snapshot, er
 
 // TreeOf collects the leaves of a v2 node tree; directories only give shape.
 func TreeOf(n *client.Node) *backends.Tree {
-	t := &backends.Tree{}
+	var b backends.Builder
 	var walk func(*client.Node)
 	walk = func(n *client.Node) {
 		if n == nil {
 			return
 		}
 		if !n.Dir {
-			t = t.Set(n.Key, n.Value)
+			b.Set(n.Key, n.Value)
 			return
 		}
 		for _, child := range n.Nodes {
@@ -110,7 +110,7 @@ func TreeOf(n *client.Node) *backends.Tree {
 		}
 	}
 	walk(n)
-	return t
+	return b.Tree()
 }
 
 // describe turns a client error into one that names the endpoints tried, so

@@ -72,33 +72,35 @@ func (s *Source) Fetch(ctx context.Context, root string) (*backends.Snapshot, er
 	if err != nil {
 		return nil, err
 	}
-	all := &backends.Tree{}
+	root = backends.CleanKey(root)
+	var b backends.Builder
+	set := func(k, v string) {
+		if backends.Covers(root, k) {
+			b.Set(k, v)
+		}
+	}
 	for _, f := range files {
-		if all, err = loadFile(f, all); err != nil {
+		if err := loadFile(f, set); err != nil {
 			return nil, err
 		}
 	}
-	root = backends.CleanKey(root)
-	tree := &backends.Tree{}
-	all.Walk(root, func(k, v string) bool { tree = tree.Set(k, v); return true })
-	return &backends.Snapshot{Root: root, Tree: tree, FetchedAt: time.Now()}, nil
+	return &backends.Snapshot{Root: root, Tree: b.Tree(), FetchedAt: time.Now()}, nil
 }
 
-func loadFile(path string, into *backends.Tree) (*backends.Tree, error) {
+func loadFile(path string, set func(k, v string)) error {
 	raw, err := os.ReadFile(path)
 	if err != nil {
-		return nil, fmt.Errorf("file backend: %w", err)
+		return fmt.Errorf("file backend: %w", err)
 	}
-	set := func(k, v string) { into = into.Set(k, v) }
 	if strings.EqualFold(filepath.Ext(path), ".json") {
 		err = flattenJSON(raw, set)
 	} else {
 		err = flattenYAML(raw, set)
 	}
 	if err != nil {
-		return nil, fmt.Errorf("file backend: %s: %w", path, err)
+		return fmt.Errorf("file backend: %s: %w", path, err)
 	}
-	return into, nil
+	return nil
 }
 
 func flattenJSON(raw []byte, set func(k, v string)) error {

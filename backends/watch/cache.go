@@ -69,14 +69,14 @@ func (c *Cache) Load(roots []string) (map[string]*backends.Snapshot, error) {
 		if !ok {
 			continue
 		}
-		tree := &backends.Tree{}
+		var b backends.Builder
 		for k, v := range entry.Values {
 			if !backends.Covers(root, k) {
 				return nil, fmt.Errorf("cache %s: key %s lies outside its root %s; ignoring the cache", c.Path, k, root)
 			}
-			tree = tree.Set(k, v)
+			b.Set(k, v)
 		}
-		out[root] = &backends.Snapshot{Root: root, Tree: tree, Index: entry.Index,
+		out[root] = &backends.Snapshot{Root: root, Tree: b.Tree(), Index: entry.Index,
 			ClusterID: entry.ClusterID, FetchedAt: entry.FetchedAt}
 	}
 	return out, nil
