@@ -131,8 +131,8 @@ type UnreachableError struct {
 }
 
 func (e *UnreachableError) Error() string {
-	return fmt.Sprintf("etcd unreachable: %s failed on every endpoint (%s): %v",
-		e.Op, strings.Join(e.Endpoints, ", "), e.Err)
+	return fmt.Sprintf("etcd unreachable: %s failed on every endpoint (%s): %s",
+		e.Op, strings.Join(e.Endpoints, ", "), strings.TrimSpace(e.Err.Error()))
 }
 
 func (e *UnreachableError) Unwrap() error { return e.Err }

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every test, with the race detector. On a fresh Debian machine, run
+# as root, it first installs the few programs some tests call: patch(1)
+# (the diff test applies confsync's diffs with it) and etcdctl (the gate is
+# tested with the real v2 client). Tests start real etcd servers in-process;
+# nothing else needs installing.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PATH="$PATH:/usr/local/go/bin"
+
+missing=()
+command -v patch >/dev/null || missing+=(patch)
+command -v etcdctl >/dev/null || missing+=(etcd-client)
+command -v htpasswd >/dev/null || missing+=(apache2-utils)
+if ((${#missing[@]})); then
+	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+		apt-get update -qq
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+	else
+		echo "scripts/test.sh: missing ${missing[*]} (Debian packages); tests that need them will fail or skip" >&2
+	fi
+fi
+go test -race -timeout 45m "$@" ./...
