@@ -1,0 +1,105 @@
+package demo
+
+import (
+	"bytes"
+	"context"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+)
+
+// The whole story plays end to end, twice in the same output directory,
+// and everything it started is stopped when it returns.
+func TestDemoPlaysTheStoryTwice(t *testing.T) {
+	out := filepath.Join(t.TempDir(), "demo-out")
+	for run := 1; run <= 2; run++ {
+		var buf bytes.Buffer
+		if err := Run(context.Background(), Options{Out: out, Keys: 600, Stdout: &buf}); err != nil {
+			t.Fatalf("run %d: %v\n%s", run, err, buf.String())
+		}
+		story := buf.String()
+		for _, want := range []string{
+			"rendered 15 files",
+			"-{ 'host': 'mw1105.eqiad.wmnet'",
+			"-mw1105.eqiad.wmnet",
+			"+10.2.1.1 => UP/300",
+			"403 Forbidden",
+			`"errorCode":107`,
+			"backend_up=false",
+			"from its last-known-good cache",
+			"-{ 'host': 'mw1106.eqiad.wmnet'",
+			"The story is over",
+		} {
+			if !strings.Contains(story, want) {
+				t.Errorf("run %d: the story lacks %q:\n%s", run, want, story)
+			}
+		}
+		if t.Failed() {
+			return
+		}
+		if run == 1 {
+			t.Logf("story:\n%s", story)
+		}
+	}
+	if entries, _ := os.ReadDir(out); len(entries) < 2 {
+		t.Fatalf("rendered files removed at exit: %v", entries)
+	}
+}
+
+// With Keep, the demo runs until its context ends (Ctrl-C), then stops.
+func TestDemoKeepStopsOnCancel(t *testing.T) {
+	var buf syncBuffer
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		done <- Run(ctx, Options{Out: filepath.Join(t.TempDir(), "o"), Keys: 500, Keep: true, Stdout: &buf})
+	}()
+	deadline := time.Now().Add(3 * time.Minute)
+	for !strings.Contains(buf.String(), "press Ctrl-C") {
+		if time.Now().After(deadline) {
+			t.Fatalf("demo never reached -keep:\n%s", buf.String())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	for _, want := range []string{"master etcd (v2)", "gate (read-only, TLS)", "/lag", "/status"} {
+		if !strings.Contains(buf.String(), want) {
+			t.Errorf("endpoints lack %q", want)
+		}
+	}
+	cancel()
+	if err := <-done; err != nil {
+		t.Fatalf("stop: %v", err)
+	}
+}
+
+func TestOutputDirectoryOfSomeoneElseIsRefused(t *testing.T) {
+	out := t.TempDir()
+	os.WriteFile(filepath.Join(out, "precious"), []byte("x"), 0o644)
+	err := Run(context.Background(), Options{Out: out, Stdout: &bytes.Buffer{}})
+	if err == nil || !strings.Contains(err.Error(), "not a demo output directory") {
+		t.Fatalf("err %v", err)
+	}
+	if _, err := os.Stat(filepath.Join(out, "precious")); err != nil {
+		t.Fatal("someone else's file was removed")
+	}
+}
+
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
