@@ -1,0 +1,108 @@
+package mirror
+
+import (
+	"log/slog"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/confsync/confsync/backends/etcd"
+)
+
+// Config describes one replication: a prefix of the source cluster copied
+// under a prefix of the destination cluster.
+type Config struct {
+	// Source and Destination say how to reach the two clusters.
+	Source, Destination etcd.Config
+
+	// SourcePrefix is the subtree replicated ("/" by default).
+	SourcePrefix string
+	// DestinationPrefix is where it lands ("/replica" by default).
+	DestinationPrefix string
+	// Strip drops the source prefix from keys before the destination
+	// prefix is put in front: with Strip, /conftool/x goes to /replica/x;
+	// without, to /replica/conftool/x.
+	Strip bool
+	// IgnoreKeys is a regular expression (RE2 syntax) that must match a
+	// whole source key for the key to be left alone. Events on ignored keys
+	// are not applied but still move the index forward.
+	IgnoreKeys string
+
+	// Reload resynchronises the destination before streaming: every key is
+	// compared and only the differences are written. Nothing is erased
+	// first.
+	Reload bool
+
+	// Concurrency is how many destination writes may be in flight at once
+	// (default 16). Writes to the same key, or to a directory and a key
+	// inside it, are always applied in source order.
+	Concurrency int
+	// ReadAhead is how many source polls may be in flight while catching
+	// up (default 32; 1 reads one event after another). Each poll costs a
+	// round trip to the source, so a distant source wants a wider window.
+	ReadAhead int
+	// PollTimeout bounds one long poll of the source (default 5s). When a
+	// poll ends without an event, the index etcd proved quiet is recorded:
+	// the shorter the timeout, the more activity elsewhere in the source
+	// cluster the mirror can ride out without leaving etcd's 1000-event
+	// history.
+	PollTimeout time.Duration
+	// StallTimeout is how long the mirror may go without progress (an
+	// applied event, a confirmed quiet poll, a resync step) before its
+	// health check fails (default 2m).
+	StallTimeout time.Duration
+	// MaxBackoff caps the wait between retries of a failing request
+	// (default 10s).
+	MaxBackoff time.Duration
+
+	// MetricsURL labels the etcdmirror_* metrics (url="..."), as
+	// etcdmirror labels them with the destination URL. Default: the
+	// destination endpoints joined by commas.
+	MetricsURL string
+
+	// Logger receives structured logs; nil discards them.
+	Logger *slog.Logger
+}
+
+func (c *Config) setDefaults() {
+	if c.SourcePrefix == "" {
+		c.SourcePrefix = "/"
+	}
+	if c.DestinationPrefix == "" {
+		c.DestinationPrefix = "/replica"
+	}
+	if c.Concurrency <= 0 {
+		c.Concurrency = 16
+	}
+	if c.ReadAhead <= 0 {
+		c.ReadAhead = 32
+	}
+	if c.PollTimeout <= 0 {
+		c.PollTimeout = 5 * time.Second
+	}
+	if c.StallTimeout <= 0 {
+		c.StallTimeout = 2 * time.Minute
+	}
+	if c.MaxBackoff <= 0 {
+		c.MaxBackoff = 10 * time.Second
+	}
+	if c.MetricsURL == "" {
+		c.MetricsURL = strings.Join(c.Destination.Endpoints, ",")
+	}
+	if c.Logger == nil {
+		c.Logger = slog.New(slog.DiscardHandler)
+	}
+}
+
+// compileIgnore turns the ignore expression into one that must match a
+// whole key, as Python's re.fullmatch does for etcdmirror.
+func compileIgnore(expr string) (*regexp.Regexp, error) {
+	if expr == "" {
+		return nil, nil
+	}
+	re, err := regexp.Compile(`^(?:` + expr + `)$`)
+	if err != nil {
+		return nil, configErrorf("--src-ignore-keys-regex %q: %v (RE2 syntax: no look-around or back-references)", expr, err)
+	}
+	return re, nil
+}

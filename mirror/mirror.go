@@ -1,0 +1,439 @@
+package mirror
+
+import (
+	"context"
+	crand "crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math/rand/v2"
+	"os"
+	"regexp"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/confsync/confsync/backends/etcd"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+const (
+	phaseStarting  = "starting"
+	phaseResync    = "resync"
+	phaseStreaming = "streaming"
+	phaseStopped   = "stopped"
+
+	sideSource      = "source"
+	sideDestination = "destination"
+)
+
+// Mirror replicates one prefix of a source etcd cluster into a destination
+// cluster through the v2 API. Create it with New, start it with Run, and
+// watch it through Status, Handler or Registry.
+type Mirror struct {
+	cfg    Config
+	log    *slog.Logger
+	keys   keyMap
+	ignore *regexp.Regexp
+	src    *etcd.Client
+	dst    *etcd.Client
+	state  *stateStore
+	apply  *applier
+	m      *metrics
+	ran    atomic.Bool
+
+	// sourceCluster is the source's cluster ID as recorded on the
+	// destination (or adopted by a resync); every event must carry it.
+	sourceCluster atomic.Value // string
+	// replayThrough ends the replay window after an unclean stop.
+	replayThrough atomic.Uint64
+
+	mu       sync.Mutex
+	progress progress
+}
+
+// progress is what Status reports, guarded by Mirror.mu.
+type progress struct {
+	phase          string
+	sourceIndex    uint64
+	appliedIndex   uint64
+	persistedIndex uint64
+	caughtUpAt     time.Time
+	lastProgress   time.Time
+	lastError      string
+	lastErrorAt    time.Time
+	applied        uint64
+	replayed       uint64
+	ignored        uint64
+	resyncs        uint64
+}
+
+// Status is a snapshot of the mirror's state.
+type Status struct {
+	Phase string `json:"phase"` // starting, resync, streaming or stopped
+	// SourceIndex is the latest source index the mirror knows of;
+	// AppliedIndex the index through which every source event is on the
+	// destination; PersistedIndex what the destination's index key says.
+	SourceIndex    uint64 `json:"source_index"`
+	AppliedIndex   uint64 `json:"applied_index"`
+	PersistedIndex uint64 `json:"persisted_index"`
+	// LagEvents is SourceIndex minus AppliedIndex, never negative;
+	// LagSeconds how long the destination has been behind (0 when not).
+	LagEvents  uint64  `json:"lag_events"`
+	LagSeconds float64 `json:"lag_seconds"`
+	// Applied counts events written to the destination, Replayed events
+	// found already applied (replays after a restart), Ignored events left
+	// alone on purpose, Resyncs full resynchronisations.
+	Applied  uint64 `json:"applied"`
+	Replayed uint64 `json:"replayed"`
+	Ignored  uint64 `json:"ignored"`
+	Resyncs  uint64 `json:"resyncs"`
+	// LastError is the last failure that was retried, with its time.
+	LastError    string    `json:"last_error,omitempty"`
+	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
+	LastProgress time.Time `json:"last_progress"`
+	// Healthy is false once no progress was made for the stall timeout.
+	Healthy bool `json:"healthy"`
+}
+
+// New checks the configuration and prepares the clients. It does not
+// contact either cluster; Run does, and rides out their absence.
+func New(cfg Config) (*Mirror, error) {
+	cfg.setDefaults()
+	ignore, err := compileIgnore(cfg.IgnoreKeys)
+	if err != nil {
+		return nil, err
+	}
+	m := &Mirror{cfg: cfg, log: cfg.Logger, ignore: ignore,
+		keys: newKeyMap(cfg.SourcePrefix, cfg.DestinationPrefix, cfg.Strip)}
+	if m.src, err = etcd.New(context.Background(), cfg.Source); err != nil {
+		return nil, &ConfigError{Err: fmt.Errorf("source: %w", err)}
+	}
+	if m.dst, err = etcd.New(context.Background(), cfg.Destination); err != nil {
+		m.src.Close()
+		return nil, &ConfigError{Err: fmt.Errorf("destination: %w", err)}
+	}
+	m.state = &stateStore{keys: m.dst.Keys(), indexKey: m.keys.indexKey(), stateKey: m.keys.stateKey(), writer: writerName()}
+	m.apply = &applier{log: m.log, keys: m.dst.Keys(), km: m.keys, ignore: ignore, now: time.Now}
+	m.sourceCluster.Store("")
+	now := time.Now()
+	m.progress = progress{phase: phaseStarting, lastProgress: now, caughtUpAt: now}
+	m.m = newMetrics(m)
+	m.m.setPhase(phaseStarting)
+	return m, nil
+}
+
+// writerName identifies this process in the replication state: host, pid
+// and a random part, so that a restarted mirror is a new writer.
+func writerName() string {
+	host, _ := os.Hostname()
+	b := make([]byte, 4)
+	crand.Read(b)
+	return fmt.Sprintf("confsync-mirror@%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
+}
+
+// Close releases the clients' connections.
+func (m *Mirror) Close() {
+	m.src.Close()
+	m.dst.Close()
+}
+
+// Run replicates until ctx is cancelled (it then returns nil) or the mirror
+// must stop: a *DivergenceError when the destination does not match the
+// source, a *RefusalError when resuming would replicate the wrong data.
+// Unreachable or failing clusters are retried, never returned.
+func (m *Mirror) Run(ctx context.Context) error {
+	if !m.ran.CompareAndSwap(false, true) {
+		return errors.New("mirror: Run called twice")
+	}
+	defer m.setPhase(phaseStopped)
+	from, err := m.start(ctx)
+	for err == nil {
+		err = m.stream(ctx, from)
+		if errors.Is(err, errHistoryCleared) {
+			m.log.Warn("the next source index has left etcd's event history; resynchronising without erasing the destination",
+				"index", m.Status().AppliedIndex+1)
+			from, err = m.resync(ctx, "history_cleared")
+			continue
+		}
+		break
+	}
+	var div *DivergenceError
+	var ref *RefusalError
+	if ctx.Err() != nil && !errors.As(err, &div) && !errors.As(err, &ref) {
+		return nil
+	}
+	if err != nil {
+		m.log.Error("replication stopped", "err", err)
+	}
+	return err
+}
+
+// start checks that the destination may be resumed from its index and
+// returns the first source index to read.
+func (m *Mirror) start(ctx context.Context) (uint64, error) {
+	m.setPhase(phaseStarting)
+	m.log.Info("starting replication", "source", m.src.Endpoints(), "source_prefix", m.keys.srcRoot,
+		"destination", m.dst.Endpoints(), "destination_prefix", m.keys.dstBase, "index_key", m.keys.indexKey())
+	var saved loaded
+	err := m.retry(ctx, sideDestination, "read the replication index", func(ctx context.Context) error {
+		var err error
+		saved, err = m.state.load(ctx)
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	head, cluster, err := m.sourceHead(ctx)
+	if err != nil {
+		return 0, err
+	}
+	if err := m.checkOverlap(cluster); err != nil {
+		return 0, err
+	}
+	if m.cfg.Reload {
+		return m.resync(ctx, "reload")
+	}
+	if saved.state != nil && saved.state.Resyncing {
+		m.log.Warn("a resynchronisation was interrupted; running it again")
+		m.sourceCluster.Store(saved.state.SourceClusterID)
+		return m.resync(ctx, "interrupted")
+	}
+	if !saved.hasIndex {
+		return 0, &RefusalError{
+			Reason: fmt.Sprintf("no replication index at %s on the destination", m.keys.indexKey()),
+			Remedy: "this destination was never initialised (or the key was deleted): start once with --reload, which copies the source without erasing anything, or run `confsync mirror set-index` if the trees already match",
+		}
+	}
+	if err := m.checkIdentity(saved.state, cluster); err != nil {
+		return 0, err
+	}
+	if saved.index > head {
+		return 0, &RefusalError{
+			Reason: fmt.Sprintf("the destination's replication index %d is ahead of the source's current index %d", saved.index, head),
+			Remedy: "the source was rebuilt or restored, or SRC names another cluster; resuming would silently skip every event up to the recorded index. Check SRC, then restart with --reload",
+		}
+	}
+	m.sourceCluster.Store(cluster)
+	replay := uint64(0)
+	if saved.state != nil && saved.state.MayHaveAppliedThrough > saved.index {
+		replay = saved.state.MayHaveAppliedThrough
+	}
+	m.replayThrough.Store(replay)
+	// Take the destination over: record this process as the writer, and
+	// rewrite the index key (same value) so that a mirror still running
+	// elsewhere fails its next fenced index write and stops.
+	err = m.retry(ctx, sideDestination, "write the replication state", func(ctx context.Context) error {
+		err := m.state.writeState(ctx, func(s *replicationState) {
+			m.identify(s, cluster)
+			s.MayHaveAppliedThrough = max(replay, saved.index)
+			s.Resyncing = false
+		})
+		if err != nil {
+			return err
+		}
+		moved, err := m.state.bumpIndex(ctx)
+		if err == nil && moved != saved.index {
+			m.log.Warn("the replication index moved while this mirror started: another mirror was writing this destination and stops at its next write",
+				"read", saved.index, "now", moved)
+			saved.index = max(saved.index, moved)
+		}
+		return err
+	})
+	if err != nil {
+		return 0, err
+	}
+	m.mu.Lock()
+	m.progress.appliedIndex, m.progress.persistedIndex = saved.index, saved.index
+	m.mu.Unlock()
+	m.noteSourceIndex(head)
+	m.log.Info("resuming replication", "index", saved.index, "source_index", head, "replay_window_through", replay)
+	return saved.index + 1, nil
+}
+
+func (m *Mirror) identify(s *replicationState, cluster string) {
+	s.SourceClusterID = cluster
+	s.SourcePrefix = m.keys.srcRoot
+	s.DestinationPrefix = m.keys.dstRoot
+	s.Strip = m.cfg.Strip
+}
+
+// checkIdentity refuses a destination recorded as a copy of another
+// source cluster or of another mapping. A destination without a state key
+// (left by etcdmirror) is adopted.
+func (m *Mirror) checkIdentity(s *replicationState, cluster string) error {
+	if s == nil {
+		m.log.Info("no replication state beside the index (an etcdmirror destination?); adopting it", "state_key", m.keys.stateKey())
+		return nil
+	}
+	if s.SourceClusterID != "" && s.SourceClusterID != cluster {
+		return &RefusalError{
+			Reason: fmt.Sprintf("the destination was replicated from source cluster %s (%s), but SRC is cluster %s", s.SourceClusterID, m.keys.stateKey(), cluster),
+			Remedy: "check SRC; if the source was replaced on purpose, restart with --reload to resynchronise from it",
+		}
+	}
+	if s.SourcePrefix != m.keys.srcRoot || s.Strip != m.cfg.Strip || (s.DestinationPrefix != "" && s.DestinationPrefix != m.keys.dstRoot) {
+		return &RefusalError{
+			Reason: fmt.Sprintf("the destination was replicated with --src-prefix %s --strip=%t, now --src-prefix %s --strip=%t", s.SourcePrefix, s.Strip, m.keys.srcRoot, m.cfg.Strip),
+			Remedy: "restore the previous flags, or restart with --reload to resynchronise with the new mapping",
+		}
+	}
+	return nil
+}
+
+// checkOverlap refuses to mirror a cluster into itself where the source and
+// destination subtrees overlap: every write would feed back as an event.
+func (m *Mirror) checkOverlap(srcCluster string) error {
+	dstCluster := m.dst.ClusterID()
+	if srcCluster == "" || srcCluster != dstCluster || !related(m.keys.srcRoot, m.keys.dstBase) {
+		return nil
+	}
+	return &RefusalError{
+		Reason: fmt.Sprintf("SRC and DST are the same cluster (%s) and source prefix %s overlaps destination %s", srcCluster, m.keys.srcRoot, m.keys.dstBase),
+		Remedy: "use prefixes that do not contain each other, or point DST at the replica cluster",
+	}
+}
+
+// sourceHead reads the source's current index and cluster ID.
+func (m *Mirror) sourceHead(ctx context.Context) (uint64, string, error) {
+	var index uint64
+	err := m.retry(ctx, sideSource, "read the source index", func(ctx context.Context) error {
+		resp, err := m.src.Keys().Get(ctx, m.keys.srcRoot, &client.GetOptions{Quorum: true})
+		var e client.Error
+		switch {
+		case err == nil:
+			index = resp.Index
+		case errors.As(err, &e) && (e.Code == client.ErrorCodeKeyNotFound || e.Code == client.ErrorCodeNotDir):
+			index = e.Index
+		default:
+			return fmt.Errorf("read %s on the source: %w", m.keys.srcRoot, err)
+		}
+		return nil
+	})
+	if err != nil {
+		return 0, "", err
+	}
+	return index, m.src.ClusterID(), nil
+}
+
+// retry runs fn until it succeeds, fails for good, or ctx ends, waiting
+// with capped exponential backoff and jitter between attempts. The etcd
+// client moves on to the next endpoint of the cluster on each failure.
+func (m *Mirror) retry(ctx context.Context, side, what string, fn func(context.Context) error) error {
+	delay := 100 * time.Millisecond
+	for attempt := 1; ; attempt++ {
+		err := fn(ctx)
+		if err == nil {
+			if attempt > 1 {
+				m.log.Info("recovered", "side", side, "op", what, "attempts", attempt)
+			}
+			return nil
+		}
+		if !transient(ctx, err) {
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+			return err
+		}
+		m.noteError(side, what, err)
+		if attempt&(attempt-1) == 0 { // 1, 2, 4, 8...: enough to see, never a flood
+			m.log.Warn("retrying", "side", side, "op", what, "attempt", attempt, "err", err)
+		}
+		wait := delay/2 + rand.N(delay/2+1)
+		t := time.NewTimer(wait)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return ctx.Err()
+		}
+		delay = min(2*delay, m.cfg.MaxBackoff)
+	}
+}
+
+func (m *Mirror) noteError(side, what string, err error) {
+	m.m.errors.WithLabelValues(side).Inc()
+	m.mu.Lock()
+	m.progress.lastError = fmt.Sprintf("%s (%s): %v", what, side, err)
+	m.progress.lastErrorAt = time.Now()
+	m.mu.Unlock()
+}
+
+func (m *Mirror) setPhase(p string) {
+	m.mu.Lock()
+	m.progress.phase = p
+	m.progress.lastProgress = time.Now()
+	m.mu.Unlock()
+	m.m.setPhase(p)
+}
+
+func (m *Mirror) noteSourceIndex(idx uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if idx > m.progress.sourceIndex {
+		m.progress.sourceIndex = idx
+	}
+	if m.progress.appliedIndex >= m.progress.sourceIndex {
+		m.progress.caughtUpAt = time.Now()
+	}
+}
+
+func (m *Mirror) noteApplied(idx uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	now := time.Now()
+	if idx > m.progress.appliedIndex {
+		m.progress.appliedIndex = idx
+		m.progress.lastProgress = now
+	}
+	if m.progress.appliedIndex >= m.progress.sourceIndex {
+		m.progress.caughtUpAt = now
+	}
+}
+
+func (m *Mirror) notePersisted(idx uint64) {
+	m.mu.Lock()
+	m.progress.persistedIndex = idx
+	m.mu.Unlock()
+}
+
+// noteAlive records progress that moved no index: a poll that proved the
+// source quiet, a resync step.
+func (m *Mirror) noteAlive() {
+	m.mu.Lock()
+	m.progress.lastProgress = time.Now()
+	m.mu.Unlock()
+}
+
+func (m *Mirror) count(f func(*progress)) {
+	m.mu.Lock()
+	f(&m.progress)
+	m.mu.Unlock()
+}
+
+// Status reports where replication stands.
+func (m *Mirror) Status() Status {
+	m.mu.Lock()
+	p := m.progress
+	m.mu.Unlock()
+	now := time.Now()
+	s := Status{
+		Phase: p.phase, SourceIndex: p.sourceIndex, AppliedIndex: p.appliedIndex, PersistedIndex: p.persistedIndex,
+		Applied: p.applied, Replayed: p.replayed, Ignored: p.ignored, Resyncs: p.resyncs,
+		LastError: p.lastError, LastErrorAt: p.lastErrorAt, LastProgress: p.lastProgress,
+		Healthy: p.phase != phaseStopped && now.Sub(p.lastProgress) < m.cfg.StallTimeout,
+	}
+	if p.sourceIndex > p.appliedIndex {
+		s.LagEvents = p.sourceIndex - p.appliedIndex
+		s.LagSeconds = now.Sub(p.caughtUpAt).Seconds()
+	}
+	return s
+}
+
+func unix(t time.Time) float64 {
+	if t.IsZero() {
+		return 0
+	}
+	return float64(t.UnixNano()) / 1e9
+}
