@@ -48,7 +48,7 @@ type Config struct {
 	// ResyncInterval is the period of full re-reads in watch mode
 	// (default 10m; negative disables).
 	ResyncInterval time.Duration
-	// PollTimeout bounds one long poll (default 60s; each poll gets up to
+	// PollTimeout bounds one long poll (default 10s; each poll gets up to
 	// 20% jitter so many watchers do not reconnect in lockstep).
 	PollTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after a failure
@@ -115,7 +115,7 @@ func New(cfg Config) *Watcher {
 		cfg.ResyncInterval = 10 * time.Minute
 	}
 	if cfg.PollTimeout == 0 {
-		cfg.PollTimeout = 60 * time.Second
+		cfg.PollTimeout = 10 * time.Second
 	}
 	if cfg.MinBackoff == 0 {
 		cfg.MinBackoff = 500 * time.Millisecond
