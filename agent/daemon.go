@@ -578,28 +578,9 @@ func (a *Agent) saveCache() {
 	if !dirty {
 		return
 	}
-	live := map[string]*backends.Snapshot{}
-	fromCache := map[string]bool{}
-	for _, s := range a.watcher.Status() {
-		fromCache[s.Root] = s.FromCache
-	}
-	for root, snap := range a.watcher.Snapshots() {
-		if !fromCache[root] {
-			live[root] = snap
-		}
-	}
-	if len(live) == 0 {
-		return
-	}
-	// Keep cached roots that are still wanted but not yet re-read.
-	if old, err := a.cache.Load(a.roots()); err == nil {
-		for root, snap := range old {
-			if _, ok := live[root]; !ok {
-				live[root] = snap
-			}
-		}
-	}
-	if err := a.cache.Save(live); err != nil {
+	// Roots not yet re-read since start still hold their cached snapshot,
+	// so saving every snapshot keeps them.
+	if err := a.cache.Save(a.watcher.Snapshots()); err != nil {
 		a.logger.Error("saving last-known-good cache failed", "err", err)
 		a.mu.Lock()
 		a.cacheDirty = true

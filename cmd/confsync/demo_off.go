@@ -18,6 +18,9 @@ func demoCommand() command {
 			"Run it from the source tree with:  go run -tags demo ./cmd/confsync demo")
 		return 2
 	}
-	c.flags = func() *flag.FlagSet { return flag.NewFlagSet("demo", flag.ContinueOnError) }
+	c.flags = func() *flag.FlagSet {
+		var f demoFlags
+		return demoFlagSet(&f)
+	}
 	return c
 }
