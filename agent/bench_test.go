@@ -71,4 +71,3 @@ func BenchmarkApplyChanged(b *testing.B) {
 		}
 	}
 }
-

@@ -2,11 +2,11 @@
 # compare.sh: the gate against the site's nginx proxy and against etcd
 # itself, side by side in one run on this machine (issue 5, "Benchmarks").
 #
-#   bench/gate/compare.sh            # defaults below; about 3 minutes
-#   DURATION=30s CONNS=128 bench/gate/compare.sh
+#   bench/gate/compare.sh            # defaults below; about 5 minutes
+#   DURATION=10s ROUNDS=5 bench/gate/compare.sh
 #
 # Needs: etcd (Debian etcd-server 3.4, run with --enable-v2=true), nginx
-# (nginx-light), wrk, htpasswd (apache2-utils), openssl, go.
+# (nginx-light), wrk, htpasswd (apache2-utils), openssl, go, curl.
 #
 # What runs, all on loopback:
 #   etcd    plain HTTP, data in /dev/shm, v2 API on
@@ -15,18 +15,21 @@
 #           htpasswd, no upstream keep-alive (as at the site); a second
 #           server block adds upstream keep-alive, for fairness
 #   gate    TLS, the same ACL and the same apr1 htpasswd
-# and measures with wrk:
-#   GET throughput and p99 at CONNS connections, and p99 at LAT_CONNS
-#   connections (light load: the proxy's own added latency), direct to
-#   etcd, through nginx and through the gate; authenticated PUT through
-#   each; then WATCHES idle wait=true watches held through the gate (and
-#   through nginx) and the proxy's resident memory with them open.
-# Each proxy writes an access log to a file, as at the site.
+# Each proxy writes an access log to a file, as at the site. Measured:
+#   GET throughput and latency with wrk at CONNS connections, direct to
+#   etcd, through nginx and through the gate; GET latency at a fixed RATE
+#   (not saturated: what the proxy adds to a request); authenticated PUT
+#   throughput (wrk, put.lua); then WATCHES idle wait=true watches held
+#   through the gate and through nginx, with the proxy's resident memory.
+# Every figure is the median of ROUNDS rounds in which the setups take
+# turns. The table goes to stdout, progress to stderr.
 set -euo pipefail
 
-DURATION=${DURATION:-10s}
+DURATION=${DURATION:-5s}
+ROUNDS=${ROUNDS:-3}
 CONNS=${CONNS:-64}
-LAT_CONNS=${LAT_CONNS:-4}
+RATE=${RATE:-1000}
+LAT_CONNS=${LAT_CONNS:-8}
 THREADS=${THREADS:-2}
 WATCHES=${WATCHES:-5000}
 BASE_PORT=${BASE_PORT:-24000}
@@ -98,7 +101,8 @@ key=/v2/keys/conftool/v1/pools/eqiad/appserver/apache2/mw1001.eqiad.wmnet
 curl -fsS -o /dev/null -X PUT "http://127.0.0.1:$ETCD_PORT$key" --data-urlencode 'value={"pooled":"yes","weight":10}'
 
 echo "== building and starting the gate" >&2
-(cd "$repo" && go build -o "$work/gate" ./bench/gate/gatecmd && go build -o "$work/watchers" ./bench/gate/watchers)
+(cd "$repo" && go build -o "$work/gate" ./bench/gate/gatecmd && go build -o "$work/watchers" ./bench/gate/watchers \
+  && go build -o "$work/latency" ./bench/gate/latency)
 "$work/gate" -listen "127.0.0.1:$GATE_PORT" -metrics-addr "127.0.0.1:$GATE_METRICS" \
   -upstream "http://127.0.0.1:$ETCD_PORT" -tls-cert "$work/cert.pem" -tls-key "$work/key.pem" \
   -htpasswd "$work/gate.htpasswd" -acl "$work/acl.toml" -read-only-file "$work/gate-read-only" \
@@ -190,42 +194,57 @@ for url in "https://127.0.0.1:$NGINX_PORT" "https://127.0.0.1:$GATE_PORT"; do
   case $code in 200|201) ;; *) echo "compare.sh: PUT as conftool through $url gave $code" >&2; exit 1 ;; esac
 done
 
+# Every figure is the median of ROUNDS runs; within a round the setups
+# take turns, so noise from other work on the machine falls on all alike.
 declare -A rps p50 p99 bad
+record() { # name RESULT-line
+  local name=$1 line=$2
+  rps[$name]+=" $(sed -E 's/.* rps=([0-9]+).*/\1/' <<<"$line")"
+  p50[$name]+=" $(sed -E 's/.* p50_ms=([0-9.]+).*/\1/' <<<"$line")"
+  p99[$name]+=" $(sed -E 's/.* p99_ms=([0-9.]+).*/\1/' <<<"$line")"
+  bad[$name]=$(( ${bad[$name]:-0} + $(sed -E 's/.* non2xx=([0-9]+) sockerr=([0-9]+).*/\1 + \2/' <<<"$line") ))
+  echo "   $line" >&2
+}
+median() { tr ' ' '\n' <<<"$1" | grep . | sort -g | awk '{v[NR]=$1} END {print v[int((NR+1)/2)]}'; }
 # wrk takes one script: the PUT one gets the report appended.
 cat "$here/put.lua" "$here/report.lua" > "$work/put.lua"
-run() { # name conns url [script]
-  local name=$1 conns=$2 url=$3 script=${4:-$here/report.lua}
-  local threads=$THREADS; [ "$conns" -lt "$threads" ] && threads=$conns
-  echo "== $name: wrk -t$threads -c$conns -d$DURATION -s $(basename "$script") $url" >&2
-  local out
-  out=$(wrk -t"$threads" -c"$conns" -d"$DURATION" -s "$script" "$url" 2>&1)
-  local line; line=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; exit 1; }
-  rps[$name]=$(sed -E 's/.* rps=([0-9]+).*/\1/' <<<"$line")
-  p50[$name]=$(sed -E 's/.* p50_ms=([0-9.]+).*/\1/' <<<"$line")
-  p99[$name]=$(sed -E 's/.* p99_ms=([0-9.]+).*/\1/' <<<"$line")
-  bad[$name]=$(sed -E 's/.* non2xx=([0-9]+) sockerr=([0-9]+).*/\1+\2/' <<<"$line")
-  echo "   $line" >&2
+bench_wrk() { # name url [script]
+  local name=$1 url=$2 script=${3:-$here/report.lua} out line
+  echo "== $name: wrk -t$THREADS -c$CONNS -d$DURATION -s $(basename "$script") $url" >&2
+  out=$(wrk -t"$THREADS" -c"$CONNS" -d"$DURATION" -s "$script" "$url" 2>&1)
+  line=$(grep '^RESULT' <<<"$out") || { echo "$out" >&2; exit 1; }
+  record "$name" "$line"
+}
+bench_rate() { # name url
+  local name=$1 url=$2 line
+  echo "== $name: latency -rate $RATE -conns $LAT_CONNS -duration $DURATION $url" >&2
+  line=$("$work/latency" -url "$url" -rate "$RATE" -conns "$LAT_CONNS" -duration "$DURATION" -cacert "$work/cert.pem" | grep '^RESULT') \
+    || { echo "compare.sh: latency run failed" >&2; exit 1; }
+  record "$name" "$line"
 }
 direct="http://127.0.0.1:$ETCD_PORT"
 nginx="https://127.0.0.1:$NGINX_PORT"
 nginx_ka="https://127.0.0.1:$NGINX_KA_PORT"
 gate="https://127.0.0.1:$GATE_PORT"
-
-run "GET direct"           "$CONNS" "$direct$key"
-run "GET nginx (site)"     "$CONNS" "$nginx$key"
-run "GET nginx+keepalive"  "$CONNS" "$nginx_ka$key"
-run "GET gate"             "$CONNS" "$gate$key"
-run "GET direct, light"    "$LAT_CONNS" "$direct$key"
-run "GET nginx (site), light"    "$LAT_CONNS" "$nginx$key"
-run "GET nginx+keepalive, light" "$LAT_CONNS" "$nginx_ka$key"
-run "GET gate, light"      "$LAT_CONNS" "$gate$key"
-export AUTH
-AUTH=""
-run "PUT direct (no auth)" "$CONNS" "$direct$key" "$work/put.lua"
-AUTH=$(printf 'conftool:conftool-pw' | base64)
-run "PUT nginx (site)"     "$CONNS" "$nginx$key" "$work/put.lua"
-run "PUT nginx+keepalive"  "$CONNS" "$nginx_ka$key" "$work/put.lua"
-run "PUT gate"             "$CONNS" "$gate$key" "$work/put.lua"
+auth=$(printf 'conftool:conftool-pw' | base64)
+rows=("GET direct" "GET nginx (site)" "GET nginx+keepalive" "GET gate"
+      "GET direct @rate" "GET nginx (site) @rate" "GET nginx+keepalive @rate" "GET gate @rate"
+      "PUT direct (no auth)" "PUT nginx (site)" "PUT nginx+keepalive" "PUT gate")
+for round in $(seq "$ROUNDS"); do
+  echo "== round $round of $ROUNDS" >&2
+  bench_wrk "GET direct" "$direct$key"
+  bench_wrk "GET nginx (site)" "$nginx$key"
+  bench_wrk "GET nginx+keepalive" "$nginx_ka$key"
+  bench_wrk "GET gate" "$gate$key"
+  bench_rate "GET direct @rate" "$direct$key"
+  bench_rate "GET nginx (site) @rate" "$nginx$key"
+  bench_rate "GET nginx+keepalive @rate" "$nginx_ka$key"
+  bench_rate "GET gate @rate" "$gate$key"
+  AUTH="" bench_wrk "PUT direct (no auth)" "$direct$key" "$work/put.lua"
+  AUTH=$auth bench_wrk "PUT nginx (site)" "$nginx$key" "$work/put.lua"
+  AUTH=$auth bench_wrk "PUT nginx+keepalive" "$nginx_ka$key" "$work/put.lua"
+  AUTH=$auth bench_wrk "PUT gate" "$gate$key" "$work/put.lua"
+done
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 nginx_rss_kb() { # master and workers
@@ -248,6 +267,9 @@ hold_watches() { # name base-url rss-function
   fi
   sleep 2
   after=$($rssfn)
+  if [ "$name" = gate ]; then
+    gate_open=$(curl -fsS "http://127.0.0.1:$GATE_METRICS/metrics" | awk '/^gate_open_watches / {print $2}')
+  fi
   echo "== $name: $(cat "$work/watchers.out"); RSS ${before} kB before, ${after} kB with them open" >&2
   watch_rss[$name]=$after
   watch_open[$name]=$(cat "$work/watchers.out")
@@ -257,27 +279,33 @@ hold_watches() { # name base-url rss-function
 }
 declare -A watch_rss watch_open
 gate_rss() { rss_kb "$gate_pid"; }
+gate_open=?
 hold_watches gate "$gate" gate_rss
-gate_open=$(curl -fsS "http://127.0.0.1:$GATE_METRICS/metrics" | awk '/^gate_open_watches / {print $2}')
 hold_watches "nginx (site)" "$nginx" nginx_rss_kb
 
 cpu=$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')
 printf '\n'
-printf 'Machine: %s, %s cores; %s each run, wrk -t%s; TLS to the proxies, plain HTTP to etcd.\n' "$cpu" "$(nproc)" "$DURATION" "$THREADS"
+printf 'Machine: %s, %s cores, load average %s at the end; TLS to the proxies, plain HTTP to etcd.\n' "$cpu" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
+printf 'Medians of %s rounds of %s per run; wrk -t%s.\n' "$ROUNDS" "$DURATION" "$THREADS"
 printf 'etcd %s (data in %s), nginx %s, gate %s\n\n' "$(etcd --version | head -1 | awk '{print $3}')" "$shm" "$(nginx -v 2>&1 | cut -d/ -f2)" "$(go version | awk '{print $3}')"
-printf '| %-28s | %6s | %9s | %8s | %8s | %s |\n' "run" "conns" "req/s" "p50 ms" "p99 ms" "non-2xx+socket errors"
-printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "--------" "-----------" "----------" "----------" "-----------------------"
-for name in "GET direct" "GET nginx (site)" "GET nginx+keepalive" "GET gate" \
-            "GET direct, light" "GET nginx (site), light" "GET nginx+keepalive, light" "GET gate, light" \
-            "PUT direct (no auth)" "PUT nginx (site)" "PUT nginx+keepalive" "PUT gate"; do
-  conns=$CONNS; case $name in *light*) conns=$LAT_CONNS ;; esac
-  printf '| %-28s | %6s | %9s | %8s | %8s | %s |\n' "$name" "$conns" "${rps[$name]}" "${p50[$name]}" "${p99[$name]}" "${bad[$name]}"
+printf '| %-28s | %-22s | %8s | %8s | %8s | %s |\n' "run" "load" "req/s" "p50 ms" "p99 ms" "errors"
+printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "------------------------" "----------" "----------" "----------" "--------"
+for name in "${rows[@]}"; do
+  case $name in
+    *@rate) load="$RATE req/s, $LAT_CONNS conns" ;;
+    *) load="wrk, $CONNS conns" ;;
+  esac
+  printf '| %-28s | %-22s | %8s | %8s | %8s | %s |\n' "${name/@rate/at fixed rate}" "$load" \
+    "$(median "${rps[$name]}")" "$(median "${p50[$name]}")" "$(median "${p99[$name]}")" "${bad[$name]}"
 done
 printf '\n'
-awk -v g="${p99[GET gate, light]}" -v d="${p99[GET direct, light]}" 'BEGIN { printf "Added p99 at light load, gate vs direct: %.3f ms\n", g - d }'
-awk -v g="${rps[GET gate]}" -v n="${rps[GET nginx (site)]}" -v k="${rps[GET nginx+keepalive]}" \
+m() { median "$1"; }
+awk -v g="$(m "${p50[GET gate @rate]}")" -v d="$(m "${p50[GET direct @rate]}")" \
+    -v G="$(m "${p99[GET gate @rate]}")" -v D="$(m "${p99[GET direct @rate]}")" \
+  'BEGIN { printf "Added latency at %s req/s, gate vs direct: p50 %+.3f ms, p99 %+.3f ms\n", "'"$RATE"'", g - d, G - D }'
+awk -v g="$(m "${rps[GET gate]}")" -v n="$(m "${rps[GET nginx (site)]}")" -v k="$(m "${rps[GET nginx+keepalive]}")" \
   'BEGIN { printf "GET throughput, gate / nginx (site): %.2fx; gate / nginx+keepalive: %.2fx\n", g / n, g / k }'
-awk -v g="${rps[PUT gate]}" -v n="${rps[PUT nginx (site)]}" -v k="${rps[PUT nginx+keepalive]}" \
+awk -v g="$(m "${rps[PUT gate]}")" -v n="$(m "${rps[PUT nginx (site)]}")" -v k="$(m "${rps[PUT nginx+keepalive]}")" \
   'BEGIN { printf "Authenticated PUT, gate / nginx (site): %.2fx; gate / nginx+keepalive: %.2fx\n", g / n, g / k }'
 printf '%s idle watches: gate RSS %d MB (gate_open_watches %s); nginx (master + workers) RSS %d MB\n' \
   "$WATCHES" $(( ${watch_rss[gate]} / 1024 )) "$gate_open" $(( ${watch_rss[nginx (site)]} / 1024 ))
