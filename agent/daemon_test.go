@@ -10,27 +10,14 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/backends/watch"
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testutil"
 )
-
-// eventually polls cond until it holds; the deadline is generous because
-// nothing here measures speed.
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
-}
 
 func fileIs(path, want string) func() bool {
 	return func() bool {
@@ -49,24 +36,7 @@ type testAgent struct {
 	out    string
 	cancel context.CancelFunc
 	done   chan struct{}
-	logs   *syncBuffer
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf strings.Builder
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
+	logs   *testutil.SyncBuffer
 }
 
 // agentConfig is a daemon over urls with fast retries.
@@ -91,7 +61,7 @@ func agentConfig(t *testing.T, dir, stateDir string, urls ...string) Config {
 
 func startAgent(t *testing.T, cfg Config) *testAgent {
 	t.Helper()
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cfg.Logger = slog.New(slog.NewTextHandler(logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
 	a, err := New(cfg)
 	if err != nil {
@@ -138,12 +108,12 @@ func TestRendersAndFollowsChanges(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
 	srv.Set(t, "/pool/b", "2")
-	eventually(t, "the new key", fileIs(out+"/hosts", "a=1\nb=2\n"))
+	testutil.Eventually(t, "the new key", fileIs(out+"/hosts", "a=1\nb=2\n"))
 	srv.Delete(t, "/pool/a")
-	eventually(t, "the deletion", fileIs(out+"/hosts", "b=2\n"))
-	eventually(t, "readiness", func() bool { return a.Status().Ready })
+	testutil.Eventually(t, "the deletion", fileIs(out+"/hosts", "b=2\n"))
+	testutil.Eventually(t, "readiness", func() bool { return a.Status().Ready })
 }
 
 // The number of long polls to etcd is the number of roots, not of
@@ -165,8 +135,8 @@ func TestOneWatchPerRootAndOnlyAffectedResourcesRender(t *testing.T) {
 	// Three resources per pool; the resources' keys cover the pools, so
 	// the roots are the ten pools.
 	a := startAgent(t, cfg)
-	eventually(t, "all rendered", func() bool { return a.Status().Ready })
-	eventually(t, "ten watches", func() bool { return proxy.OpenWatches() == 10 })
+	testutil.Eventually(t, "all rendered", func() bool { return a.Status().Ready })
+	testutil.Eventually(t, "ten watches", func() bool { return proxy.OpenWatches() == 10 })
 	proxy.Reset()
 	before := map[string]int{}
 	for _, r := range a.Status().Resources {
@@ -174,8 +144,8 @@ func TestOneWatchPerRootAndOnlyAffectedResourcesRender(t *testing.T) {
 	}
 	srv.Set(t, "/site/pools/p3/h", "changed")
 	for _, name := range []string{"r03", "r13", "r23"} {
-		eventually(t, name+" to change", fileIs(out+"/"+name, "changed"))
-		eventually(t, name+" to be counted", func() bool { return a.resource(name+".toml").Renders > before[name+".toml"] })
+		testutil.Eventually(t, name+" to change", fileIs(out+"/"+name, "changed"))
+		testutil.Eventually(t, name+" to be counted", func() bool { return a.resource(name+".toml").Renders > before[name+".toml"] })
 	}
 	for _, r := range a.Status().Resources {
 		grew := r.Renders - before[r.Name]
@@ -201,7 +171,7 @@ func TestNoUpdateMissed(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", proxy.URL()))
-	eventually(t, "first render", fileIs(out+"/hosts", ""))
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", ""))
 
 	// A burst.
 	want := map[string]string{}
@@ -211,7 +181,7 @@ func TestNoUpdateMissed(t *testing.T) {
 		srv.Set(t, "/pool/"+k, want[k])
 	}
 	expect := render(want)
-	eventually(t, "the burst's final state", fileIs(out+"/hosts", expect))
+	testutil.Eventually(t, "the burst's final state", fileIs(out+"/hosts", expect))
 	writes := a.resource("hosts.toml").Writes
 	t.Logf("1000 writes gave %d file rewrites", writes)
 
@@ -224,7 +194,7 @@ func TestNoUpdateMissed(t *testing.T) {
 	}
 	proxy.SetDown(false)
 	want["h00"] = "during-outage"
-	eventually(t, "the change made during the cut", fileIs(out+"/hosts", render(want)))
+	testutil.Eventually(t, "the change made during the cut", fileIs(out+"/hosts", render(want)))
 
 	// An etcd restart.
 	srv.Stop()
@@ -233,7 +203,7 @@ func TestNoUpdateMissed(t *testing.T) {
 	}
 	srv.Set(t, "/pool/h01", "after-restart")
 	want["h01"] = "after-restart"
-	eventually(t, "the change after the restart", fileIs(out+"/hosts", render(want)))
+	testutil.Eventually(t, "the change after the restart", fileIs(out+"/hosts", render(want)))
 }
 
 func render(m map[string]string) string {
@@ -270,11 +240,11 @@ func TestOutageAndCache(t *testing.T) {
 	})
 	cfg := agentConfig(t, dir, state, srv.URL())
 	a := startAgent(t, cfg)
-	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
-	eventually(t, "the cache", func() bool { _, err := os.Stat(filepath.Join(state, "cache.json")); return err == nil })
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	testutil.Eventually(t, "the cache", func() bool { _, err := os.Stat(filepath.Join(state, "cache.json")); return err == nil })
 
 	srv.Stop()
-	eventually(t, "staleness to show", func() bool {
+	testutil.Eventually(t, "staleness to show", func() bool {
 		s := a.Status()
 		return !s.BackendUp && len(s.Roots) == 1 && s.Roots[0].AgeSeconds > 0
 	})
@@ -286,8 +256,8 @@ func TestOutageAndCache(t *testing.T) {
 	// Restart during the outage, with the destination damaged meanwhile.
 	os.WriteFile(out+"/hosts", []byte("garbage\n"), 0o644)
 	b := startAgent(t, cfg)
-	eventually(t, "render from cache", fileIs(out+"/hosts", "a=1\n"))
-	eventually(t, "readiness from cache", func() bool { return b.Status().Ready })
+	testutil.Eventually(t, "render from cache", fileIs(out+"/hosts", "a=1\n"))
+	testutil.Eventually(t, "readiness from cache", func() bool { return b.Status().Ready })
 	st := b.Status()
 	if st.BackendUp || !st.Roots[0].FromCache {
 		t.Fatalf("status does not report stale cached data: %+v", st.Roots)
@@ -297,8 +267,8 @@ func TestOutageAndCache(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Set(t, "/pool/b", "2")
-	eventually(t, "convergence after etcd returns", fileIs(out+"/hosts", "a=1\nb=2\n"))
-	eventually(t, "fresh status", func() bool {
+	testutil.Eventually(t, "convergence after etcd returns", fileIs(out+"/hosts", "a=1\nb=2\n"))
+	testutil.Eventually(t, "fresh status", func() bool {
 		s := b.Status()
 		return s.BackendUp && !s.Roots[0].FromCache && s.Roots[0].AgeSeconds == 0
 	})
@@ -315,14 +285,14 @@ func TestCorruptOrForeignCacheIsIgnoredWithAWarning(t *testing.T) {
 	})
 	os.WriteFile(filepath.Join(state, "cache.json"), []byte(`{"format":1,"source":"etcd:http://other:2379","roots":{"/pool":{"values":{"/pool/x":"1"}}}}`), 0o600)
 	a := startAgent(t, agentConfig(t, dir, state, url))
-	eventually(t, "a warning", func() bool { return strings.Contains(a.logs.String(), "cache not used") })
+	testutil.Eventually(t, "a warning", func() bool { return strings.Contains(a.logs.String(), "cache not used") })
 	if _, err := os.Stat(out + "/hosts"); err == nil {
 		t.Fatal("rendered from another cluster's cache")
 	}
 	a.stop()
 	os.WriteFile(filepath.Join(state, "cache.json"), []byte("{not json"), 0o600)
 	b := startAgent(t, agentConfig(t, dir, state, url))
-	eventually(t, "a warning", func() bool { return strings.Contains(b.logs.String(), "corrupt") })
+	testutil.Eventually(t, "a warning", func() bool { return strings.Contains(b.logs.String(), "corrupt") })
 }
 
 func TestFailedCheckKeepsOldFileAndIsRetried(t *testing.T) {
@@ -336,10 +306,10 @@ func TestFailedCheckKeepsOldFileAndIsRetried(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
 	os.Remove(gate)
 	srv.Set(t, "/pool/a", "2")
-	eventually(t, "failures to be retried", func() bool { return a.resource("hosts.toml").Failures >= 3 })
+	testutil.Eventually(t, "failures to be retried", func() bool { return a.resource("hosts.toml").Failures >= 3 })
 	if !fileIs(out+"/hosts", "a=1\n")() {
 		t.Fatal("a failed check replaced the file")
 	}
@@ -347,8 +317,8 @@ func TestFailedCheckKeepsOldFileAndIsRetried(t *testing.T) {
 		t.Fatalf("status %+v", r)
 	}
 	os.WriteFile(gate, nil, 0o644)
-	eventually(t, "the retry to succeed", fileIs(out+"/hosts", "a=2\n"))
-	eventually(t, "health", func() bool { return a.resource("hosts.toml").Healthy })
+	testutil.Eventually(t, "the retry to succeed", fileIs(out+"/hosts", "a=2\n"))
+	testutil.Eventually(t, "health", func() bool { return a.resource("hosts.toml").Healthy })
 	assertNoStage(t, out)
 }
 
@@ -364,13 +334,13 @@ func TestFailedReloadIsRetriedAndRunsOncePerGroup(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "files written", func() bool { return fileIs(out+"/one", "a=1\n")() && fileIs(out+"/two", "a=1\n")() })
-	eventually(t, "reload retried", func() bool { return a.resource("one.toml").Failures >= 3 })
+	testutil.Eventually(t, "files written", func() bool { return fileIs(out+"/one", "a=1\n")() && fileIs(out+"/two", "a=1\n")() })
+	testutil.Eventually(t, "reload retried", func() bool { return a.resource("one.toml").Failures >= 3 })
 	if !a.resource("one.toml").PendingReload {
 		t.Fatal("failed reload not pending")
 	}
 	os.WriteFile(gate, nil, 0o644)
-	eventually(t, "the reload to succeed", func() bool {
+	testutil.Eventually(t, "the reload to succeed", func() bool {
 		r := a.resource("one.toml")
 		return r.Healthy && !r.PendingReload
 	})
@@ -379,7 +349,7 @@ func TestFailedReloadIsRetriedAndRunsOncePerGroup(t *testing.T) {
 	}
 	// A change to both: one reload.
 	srv.Set(t, "/pool/a", "2")
-	eventually(t, "second reload", fileIs(out+"/reloads", "reload\nreload\n"))
+	testutil.Eventually(t, "second reload", fileIs(out+"/reloads", "reload\nreload\n"))
 }
 
 func TestHungReloadIsKilledAtItsTimeout(t *testing.T) {
@@ -391,7 +361,7 @@ func TestHungReloadIsKilledAtItsTimeout(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "a timeout", func() bool {
+	testutil.Eventually(t, "a timeout", func() bool {
 		return strings.Contains(a.resource("hosts.toml").LastError, "timeout")
 	})
 }
@@ -406,20 +376,20 @@ func TestBrokenResourceFileDoesNotStopTheOthers(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "the good resource", fileIs(out+"/good", "a=1\n"))
+	testutil.Eventually(t, "the good resource", fileIs(out+"/good", "a=1\n"))
 	st := a.Status()
 	if len(st.FailedFiles) != 1 || !strings.Contains(st.FailedFiles[0].Error, "mode") {
 		t.Fatalf("failed files %+v", st.FailedFiles)
 	}
 	// Fix it: the fsnotify watch reloads it.
 	os.WriteFile(filepath.Join(dir, "conf.d/bad.toml"), []byte(resourceToml(out+"/bad")), 0o644)
-	eventually(t, "the fixed resource", fileIs(out+"/bad", "a=1\n"))
+	testutil.Eventually(t, "the fixed resource", fileIs(out+"/bad", "a=1\n"))
 	// Break the good one: its previous version keeps running, with the
 	// error reported.
 	os.WriteFile(filepath.Join(dir, "conf.d/good.toml"), []byte("[template]\nsrc = 1\n"), 0o644)
-	eventually(t, "the config error", func() bool { return a.resource("good.toml").ConfigError != "" })
+	testutil.Eventually(t, "the config error", func() bool { return a.resource("good.toml").ConfigError != "" })
 	srv.Set(t, "/pool/a", "2")
-	eventually(t, "the old version to keep rendering", fileIs(out+"/good", "a=2\n"))
+	testutil.Eventually(t, "the old version to keep rendering", fileIs(out+"/good", "a=2\n"))
 }
 
 func TestHotReloadAddsResourcesAndRoots(t *testing.T) {
@@ -432,13 +402,13 @@ func TestHotReloadAddsResourcesAndRoots(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
 	os.WriteFile(filepath.Join(dir, "templates/other.tmpl"), []byte(`{{getv "/other/x"}}`), 0o644)
 	os.WriteFile(filepath.Join(dir, "conf.d/other.toml"), []byte("[template]\nsrc = \"other.tmpl\"\ndest = \""+out+"/other\"\nkeys = [\"/other\"]\n"), 0o644)
-	eventually(t, "the new resource", fileIs(out+"/other", "y"))
+	testutil.Eventually(t, "the new resource", fileIs(out+"/other", "y"))
 	// A template edit re-renders.
 	os.WriteFile(filepath.Join(dir, "templates/other.tmpl"), []byte(`x={{getv "/other/x"}}`), 0o644)
-	eventually(t, "the edited template", fileIs(out+"/other", "x=y"))
+	testutil.Eventually(t, "the edited template", fileIs(out+"/other", "x=y"))
 	// SIGHUP's path, without a file change, is harmless.
 	a.Reload()
 	if n := len(a.watcher.Status()); n != 2 {
@@ -454,11 +424,11 @@ func TestQuiescenceSettlesABurst(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "first render", fileIs(out+"/hosts", ""))
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", ""))
 	for i := 0; i < 100; i++ {
 		srv.Set(t, "/pool/k", fmt.Sprint(i))
 	}
-	eventually(t, "the settled value", fileIs(out+"/hosts", "k=99\n"))
+	testutil.Eventually(t, "the settled value", fileIs(out+"/hosts", "k=99\n"))
 	if w := a.resource("hosts.toml").Writes; w > 3 {
 		t.Fatalf("%d writes for a 100-write burst with quiescence", w)
 	}
@@ -473,7 +443,7 @@ func TestShutdownLetsRunningCommandsFinish(t *testing.T) {
 		"templates/hosts.tmpl": hostsTemplate,
 	})
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
-	eventually(t, "the reload to start", func() bool { _, err := os.Stat(out + "/started"); return err == nil })
+	testutil.Eventually(t, "the reload to start", func() bool { _, err := os.Stat(out + "/started"); return err == nil })
 	a.stop()
 	if _, err := os.Stat(out + "/finished"); err != nil {
 		t.Fatal("shutdown killed a running reload instead of letting it finish")
@@ -494,14 +464,14 @@ func TestIntervalMode(t *testing.T) {
 	cfg := agentConfig(t, dir, "", proxy.URL())
 	cfg.Interval = 200 * time.Millisecond
 	startAgent(t, cfg)
-	eventually(t, "first render", fileIs(out+"/two", "a=1\n"))
+	testutil.Eventually(t, "first render", fileIs(out+"/two", "a=1\n"))
 	srv.Set(t, "/pool/a", "2")
-	eventually(t, "the change", fileIs(out+"/one", "a=2\n"))
+	testutil.Eventually(t, "the change", fileIs(out+"/one", "a=2\n"))
 	if n := proxy.Count(func(r etcdtest.Request) bool { return r.Watch() }); n != 0 {
 		t.Fatalf("%d watches in interval mode", n)
 	}
 	reads := proxy.Count(nil)
-	eventually(t, "more ticks", func() bool { return proxy.Count(nil) >= reads+3 })
+	testutil.Eventually(t, "more ticks", func() bool { return proxy.Count(nil) >= reads+3 })
 	for _, r := range proxy.Requests() {
 		if r.Path != "/v2/keys/pool" {
 			t.Fatalf("unexpected request %+v: one GET per root per tick", r)
@@ -520,7 +490,7 @@ func TestHTTPEndpointsAndMetricNames(t *testing.T) {
 	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
 	web := httptest.NewServer(a.Handler())
 	defer web.Close()
-	eventually(t, "readiness", func() bool {
+	testutil.Eventually(t, "readiness", func() bool {
 		resp, err := web.Client().Get(web.URL + "/readyz")
 		if err != nil {
 			return false

@@ -16,6 +16,7 @@ import (
 
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testutil"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -258,7 +259,7 @@ func benchMemory(b *testing.B) {
 	src, dst := etcdtest.New(b), etcdtest.New(b)
 	raw := fmt.Sprintf(`["--reload","--port","-1","--src-prefix","/src","%s","%s"]`, src.URL(), dst.URL())
 	cmd := helperCommand(raw)
-	logs := &syncBuffer{}
+	logs := &testutil.SyncBuffer{}
 	cmd.Stderr = logs
 	if err := cmd.Start(); err != nil {
 		b.Fatal(err)

@@ -15,12 +15,13 @@ import (
 
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testpki"
+	"github.com/confsync/confsync/internal/testutil"
 )
 
 // runCLI runs Main to completion.
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
-	var out, errOut syncBuffer
+	var out, errOut testutil.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
 	code = Main(ctx, args, &out, &errOut)
@@ -31,13 +32,13 @@ func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 type cliMirror struct {
 	cancel context.CancelFunc
 	done   chan int
-	stderr *syncBuffer
+	stderr *testutil.SyncBuffer
 }
 
 func startCLI(t *testing.T, args ...string) *cliMirror {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
-	c := &cliMirror{cancel: cancel, done: make(chan int, 1), stderr: &syncBuffer{}}
+	c := &cliMirror{cancel: cancel, done: make(chan int, 1), stderr: &testutil.SyncBuffer{}}
 	go func() { c.done <- Main(ctx, args, io.Discard, c.stderr) }()
 	t.Cleanup(func() {
 		cancel()

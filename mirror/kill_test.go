@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testutil"
 )
 
 const helperEnv = "CONFSYNC_MIRROR_HELPER_ARGS"
@@ -36,7 +37,7 @@ func TestHelperProcess(t *testing.T) {
 // mirrorProcess is `confsync mirror` running in a child process.
 type mirrorProcess struct {
 	cmd    *exec.Cmd
-	output *syncBuffer
+	output *testutil.SyncBuffer
 	done   chan struct{}
 }
 
@@ -45,7 +46,7 @@ func startProcess(t *testing.T, args ...string) *mirrorProcess {
 	raw, _ := json.Marshal(args)
 	cmd := exec.Command(os.Args[0], "-test.run=^TestHelperProcess$")
 	cmd.Env = append(os.Environ(), helperEnv+"="+string(raw))
-	out := &syncBuffer{}
+	out := &testutil.SyncBuffer{}
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confsync/confsync/internal/testutil"
 	"golang.org/x/net/dns/dnsmessage"
 )
 
@@ -198,7 +199,7 @@ func TestGetenvZeroEnvReadsProcess(t *testing.T) {
 
 func TestLookupFunctions(t *testing.T) {
 	srv := "_etcd-client-ssl._tcp.eqiad.example.test."
-	resolver := startDNS(t, dnsRecords{
+	resolver := testutil.StartDNS(t, testutil.DNSRecords{
 		question("conf.example.test.", dnsmessage.TypeA): {
 			aRecord("conf.example.test.", "10.64.0.9"), aRecord("conf.example.test.", "10.64.0.10"),
 		},
@@ -209,10 +210,10 @@ func TestLookupFunctions(t *testing.T) {
 		// Deliberately unsorted; port 10 and port 9 on one target show
 		// confd's string ordering.
 		question(srv, dnsmessage.TypeSRV): {
-			srvRecord(srv, "conf1009.example.test.", 0, 1, 2379),
-			srvRecord(srv, "conf1007.example.test.", 0, 1, 9),
-			srvRecord(srv, "conf1007.example.test.", 0, 1, 10),
-			srvRecord(srv, "conf1008.example.test.", 0, 1, 2379),
+			testutil.SRVRecord(srv, "conf1009.example.test.", 0, 1, 2379),
+			testutil.SRVRecord(srv, "conf1007.example.test.", 0, 1, 9),
+			testutil.SRVRecord(srv, "conf1007.example.test.", 0, 1, 10),
+			testutil.SRVRecord(srv, "conf1008.example.test.", 0, 1, 2379),
 		},
 	})
 	env := testEnv(t)

@@ -12,6 +12,7 @@ import (
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testpki"
+	"github.com/confsync/confsync/internal/testutil"
 	client "go.etcd.io/etcd/client/v2"
 	"golang.org/x/net/dns/dnsmessage"
 )
@@ -156,7 +157,10 @@ func TestSRVDiscovery(t *testing.T) {
 	srv := etcdtest.New(t)
 	srv.Set(t, "/k", "v")
 	_, port, _ := net.SplitHostPort(srv.Addr())
-	resolver := startDNS(t, "_etcd._tcp.example.test.", "localhost.", port)
+	var portNum uint16
+	fmt.Sscan(port, &portNum)
+	q := dnsmessage.Question{Name: dnsmessage.MustNewName("_etcd._tcp.example.test."), Type: dnsmessage.TypeSRV, Class: dnsmessage.ClassINET}
+	resolver := testutil.StartDNS(t, testutil.DNSRecords{q: {testutil.SRVRecord(q.Name.String(), "localhost.", 0, 10, portNum)}})
 	c := newClient(t, etcd.Config{SRVDomain: "example.test", Resolver: resolver})
 	if got := c.Endpoints(); len(got) != 1 || got[0] != "http://localhost:"+port {
 		t.Fatalf("endpoints %v", got)
@@ -286,53 +290,4 @@ func deadURL(t *testing.T) string {
 	addr := l.Addr().String()
 	l.Close()
 	return "http://" + addr
-}
-
-// startDNS serves one SRV record over UDP on loopback and returns a
-// resolver that asks only that server.
-func startDNS(t *testing.T, name, target, port string) *net.Resolver {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { pc.Close() })
-	var portNum uint16
-	fmt.Sscan(port, &portNum)
-	go func() {
-		buf := make([]byte, 1500)
-		for {
-			n, from, err := pc.ReadFrom(buf)
-			if err != nil {
-				return
-			}
-			var p dnsmessage.Parser
-			hdr, err := p.Start(buf[:n])
-			if err != nil {
-				continue
-			}
-			q, err := p.Question()
-			if err != nil {
-				continue
-			}
-			rcode := dnsmessage.RCodeNameError
-			if q.Name.String() == name && q.Type == dnsmessage.TypeSRV {
-				rcode = dnsmessage.RCodeSuccess
-			}
-			b := dnsmessage.NewBuilder(nil, dnsmessage.Header{ID: hdr.ID, Response: true, Authoritative: true, RCode: rcode})
-			b.StartQuestions()
-			b.Question(q)
-			b.StartAnswers()
-			if rcode == dnsmessage.RCodeSuccess {
-				b.SRVResource(dnsmessage.ResourceHeader{Name: q.Name, Class: dnsmessage.ClassINET, TTL: 60},
-					dnsmessage.SRVResource{Priority: 0, Weight: 10, Port: portNum, Target: dnsmessage.MustNewName(target)})
-			}
-			msg, _ := b.Finish()
-			pc.WriteTo(msg, from)
-		}
-	}()
-	addr := pc.LocalAddr().String()
-	return &net.Resolver{PreferGo: true, Dial: func(ctx context.Context, _, _ string) (net.Conn, error) {
-		var d net.Dialer
-		return d.DialContext(ctx, "udp", addr)
-	}}
 }

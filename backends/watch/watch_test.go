@@ -15,6 +15,7 @@ import (
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/backends/file"
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testutil"
 )
 
 // recorder collects what a watcher reports.
@@ -56,19 +57,6 @@ func (r *recorder) resyncCount(reason string) int {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	return r.resyncs[reason]
-}
-
-// waitFor polls cond until it holds, failing the test after a generous
-// deadline: the machine may be loaded, and nothing here measures speed.
-func waitFor(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
 }
 
 type harness struct {
@@ -118,7 +106,7 @@ func (h *harness) etcdLeaves(root string) map[string]string {
 
 func (h *harness) converges(root string) {
 	h.t.Helper()
-	waitFor(h.t, "watcher to match etcd under "+root, func() bool {
+	testutil.Eventually(h.t, "watcher to match etcd under "+root, func() bool {
 		return reflect.DeepEqual(h.leaves(root), h.etcdLeaves(root))
 	})
 }
@@ -127,7 +115,7 @@ func TestEventsReachTheTreeWithChangedKeys(t *testing.T) {
 	srv := etcdtest.New(t)
 	srv.Set(t, "/app/a", "1")
 	h := start(t, srv, srv.URL(), []string{"/app"}, nil)
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/a"] == "1" })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/a"] == "1" })
 
 	srv.Set(t, "/apple/x", "not mine")
 	srv.Set(t, "/app/b/c", "2")
@@ -149,7 +137,7 @@ func TestEventsReachTheTreeWithChangedKeys(t *testing.T) {
 func TestNoUpdateMissedUnderABurst(t *testing.T) {
 	srv := etcdtest.New(t)
 	h := start(t, srv, srv.URL(), []string{"/pool"}, nil)
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/pool") != nil })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/pool") != nil })
 	for i := 0; i < 1500; i++ {
 		srv.Set(t, fmt.Sprintf("/pool/host%02d", i%40), fmt.Sprint(i))
 		if i%7 == 0 {
@@ -167,7 +155,7 @@ func TestHistoryClearedTriggersResync(t *testing.T) {
 	srv.Set(t, "/conftool/k", "before")
 	proxy := etcdtest.NewProxy(t, srv.URL())
 	h := start(t, srv, proxy.URL(), []string{"/conftool"}, nil)
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/conftool")["/conftool/k"] == "before" })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/conftool")["/conftool/k"] == "before" })
 
 	proxy.SetDown(true)
 	proxy.CloseClientConnections()
@@ -176,7 +164,7 @@ func TestHistoryClearedTriggersResync(t *testing.T) {
 		srv.Set(t, "/spicerack/locks/x", fmt.Sprint(i))
 	}
 	proxy.SetDown(false)
-	waitFor(t, "the lost change", func() bool { return h.leaves("/conftool")["/conftool/k"] == "during outage" })
+	testutil.Eventually(t, "the lost change", func() bool { return h.leaves("/conftool")["/conftool/k"] == "during outage" })
 	if h.rec.resyncCount("history-cleared") == 0 {
 		t.Fatal("no resync after error 401")
 	}
@@ -188,20 +176,20 @@ func TestQuietRootNeverFallsOutOfHistory(t *testing.T) {
 	srv := etcdtest.New(t)
 	srv.Set(t, "/quiet/k", "v")
 	h := start(t, srv, srv.URL(), []string{"/quiet"}, func(c *Config) { c.PollTimeout = 1500 * time.Millisecond })
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/quiet") != nil })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/quiet") != nil })
 	for round := 0; round < 3; round++ {
 		start := srv.Index(t)
 		for i := 0; i < 700; i++ {
 			srv.Set(t, "/busy/k", fmt.Sprint(i))
 		}
 		// Wait until a quiet poll has moved the index past this round.
-		waitFor(t, "index to follow the cluster", func() bool {
+		testutil.Eventually(t, "index to follow the cluster", func() bool {
 			s := h.w.Snapshots()["/quiet"]
 			return s != nil && s.Index > start+600
 		})
 	}
 	srv.Set(t, "/quiet/k", "changed")
-	waitFor(t, "the change", func() bool { return h.leaves("/quiet")["/quiet/k"] == "changed" })
+	testutil.Eventually(t, "the change", func() bool { return h.leaves("/quiet")["/quiet/k"] == "changed" })
 	if n := h.rec.resyncCount("history-cleared"); n != 0 {
 		t.Fatalf("%d resyncs: the quiet root fell out of the history", n)
 	}
@@ -211,10 +199,10 @@ func TestRidesOutAnEtcdRestart(t *testing.T) {
 	srv := etcdtest.New(t)
 	srv.Set(t, "/app/k", "1")
 	h := start(t, srv, srv.URL(), []string{"/app"}, nil)
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/k"] == "1" })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/k"] == "1" })
 
 	srv.Stop()
-	waitFor(t, "disconnection to show", func() bool {
+	testutil.Eventually(t, "disconnection to show", func() bool {
 		st := h.w.Status()
 		return len(st) == 1 && !st[0].Connected && st[0].LastError != ""
 	})
@@ -225,8 +213,8 @@ func TestRidesOutAnEtcdRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 	srv.Set(t, "/app/k", "2")
-	waitFor(t, "the change after restart", func() bool { return h.leaves("/app")["/app/k"] == "2" })
-	waitFor(t, "reconnection", func() bool { return h.w.Status()[0].Connected })
+	testutil.Eventually(t, "the change after restart", func() bool { return h.leaves("/app")["/app/k"] == "2" })
+	testutil.Eventually(t, "reconnection", func() bool { return h.w.Status()[0].Connected })
 }
 
 // When the endpoint starts answering for a different cluster (a rebuilt
@@ -241,12 +229,12 @@ func TestClusterChangeForcesResync(t *testing.T) {
 	b.Set(t, "/app/k", "b0")
 	proxy := etcdtest.NewProxy(t, a.URL())
 	h := start(t, a, proxy.URL(), []string{"/app"}, func(c *Config) { c.PollTimeout = 1500 * time.Millisecond })
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/k"] == "a49" })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/app")["/app/k"] == "a49" })
 
 	proxy.SetTarget(b.URL())
 	proxy.CloseClientConnections()
 	b.Set(t, "/app/other", "from b")
-	waitFor(t, "the other cluster's state", func() bool {
+	testutil.Eventually(t, "the other cluster's state", func() bool {
 		l := h.leaves("/app")
 		return l["/app/k"] == "b0" && l["/app/other"] == "from b"
 	})
@@ -255,7 +243,7 @@ func TestClusterChangeForcesResync(t *testing.T) {
 func TestPeriodicResync(t *testing.T) {
 	srv := etcdtest.New(t)
 	h := start(t, srv, srv.URL(), []string{"/app"}, func(c *Config) { c.ResyncInterval = 300 * time.Millisecond })
-	waitFor(t, "periodic resyncs", func() bool { return h.rec.resyncCount("periodic") >= 2 })
+	testutil.Eventually(t, "periodic resyncs", func() bool { return h.rec.resyncCount("periodic") >= 2 })
 }
 
 func TestAncestorDeleteEmptiesRoot(t *testing.T) {
@@ -263,18 +251,18 @@ func TestAncestorDeleteEmptiesRoot(t *testing.T) {
 	srv.Set(t, "/a/b/c", "1")
 	srv.Set(t, "/a/x", "2")
 	h := start(t, srv, srv.URL(), []string{"/a/b"}, nil)
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/a/b")["/a/b/c"] == "1" })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/a/b")["/a/b/c"] == "1" })
 	srv.Delete(t, "/a")
-	waitFor(t, "the root to empty", func() bool { return len(h.leaves("/a/b")) == 0 })
+	testutil.Eventually(t, "the root to empty", func() bool { return len(h.leaves("/a/b")) == 0 })
 }
 
 func TestHiddenKeysAreIgnored(t *testing.T) {
 	srv := etcdtest.New(t)
 	h := start(t, srv, srv.URL(), []string{"/app"}, nil)
-	waitFor(t, "initial snapshot", func() bool { return h.leaves("/app") != nil })
+	testutil.Eventually(t, "initial snapshot", func() bool { return h.leaves("/app") != nil })
 	srv.Set(t, "/app/_lock/x", "held")
 	srv.Set(t, "/app/visible", "v")
-	waitFor(t, "the visible key", func() bool { return h.leaves("/app")["/app/visible"] == "v" })
+	testutil.Eventually(t, "the visible key", func() bool { return h.leaves("/app")["/app/visible"] == "v" })
 	if _, ok := h.leaves("/app")["/app/_lock/x"]; ok {
 		t.Fatal("hidden key reached the tree (a GET would never list it)")
 	}
@@ -297,9 +285,9 @@ func TestIntervalModeWithFileBackend(t *testing.T) {
 		v, _ := s.Tree.Get("/app/k")
 		return v
 	}
-	waitFor(t, "first read", func() bool { return get() == "one" })
+	testutil.Eventually(t, "first read", func() bool { return get() == "one" })
 	os.WriteFile(f, []byte("app:\n  k: two\n"), 0o644)
-	waitFor(t, "the edit", func() bool { return get() == "two" })
+	testutil.Eventually(t, "the edit", func() bool { return get() == "two" })
 }
 
 func TestSetRootsKeepsUntouchedLoops(t *testing.T) {
@@ -308,17 +296,17 @@ func TestSetRootsKeepsUntouchedLoops(t *testing.T) {
 	srv.Set(t, "/b/k", "2")
 	proxy := etcdtest.NewProxy(t, srv.URL())
 	h := start(t, srv, proxy.URL(), []string{"/a"}, nil)
-	waitFor(t, "root /a", func() bool { return h.leaves("/a") != nil })
+	testutil.Eventually(t, "root /a", func() bool { return h.leaves("/a") != nil })
 	gets := func(root string) int {
 		return proxy.Count(func(r etcdtest.Request) bool { return !r.Watch() && r.Path == "/v2/keys"+root })
 	}
 	h.w.SetRoots([]string{"/a", "/b"}, nil)
-	waitFor(t, "root /b", func() bool { return h.leaves("/b")["/b/k"] == "2" })
+	testutil.Eventually(t, "root /b", func() bool { return h.leaves("/b")["/b/k"] == "2" })
 	if gets("/a") != 1 {
 		t.Fatalf("/a was re-read %d times when /b was added", gets("/a"))
 	}
 	h.w.SetRoots([]string{"/b"}, nil)
-	waitFor(t, "/a to stop", func() bool { return len(h.w.Status()) == 1 })
+	testutil.Eventually(t, "/a to stop", func() bool { return len(h.w.Status()) == 1 })
 }
 
 func TestCacheRoundTripAndRejections(t *testing.T) {

@@ -2,7 +2,7 @@
 # compare.sh: the gate against the site's nginx proxy and against etcd
 # itself, side by side in one run on this machine (issue 5, "Benchmarks").
 #
-#   bench/gate/compare.sh            # defaults below; about 5 minutes
+#   bench/gate/compare.sh            # defaults below; about 4 minutes
 #   DURATION=10s ROUNDS=5 bench/gate/compare.sh
 #
 # Needs: etcd (Debian etcd-server 3.4, run with --enable-v2=true), nginx
@@ -268,16 +268,15 @@ hold_watches() { # name base-url rss-function
   sleep 2
   after=$($rssfn)
   if [ "$name" = gate ]; then
-    gate_open=$(curl -fsS "http://127.0.0.1:$GATE_METRICS/metrics" | awk '/^gate_open_watches / {print $2}')
+    gate_open=$(curl -fsS "http://127.0.0.1:$GATE_METRICS/metrics" | awk '/^confsync_gate_open_watches / {print $2}')
   fi
   echo "== $name: $(cat "$work/watchers.out"); RSS ${before} kB before, ${after} kB with them open" >&2
   watch_rss[$name]=$after
-  watch_open[$name]=$(cat "$work/watchers.out")
   exec 9>&-
   wait $wpid || true
   rm -f "$fifo"
 }
-declare -A watch_rss watch_open
+declare -A watch_rss
 gate_rss() { rss_kb "$gate_pid"; }
 gate_open=?
 hold_watches gate "$gate" gate_rss
@@ -288,14 +287,14 @@ printf '\n'
 printf 'Machine: %s, %s cores, load average %s at the end; TLS to the proxies, plain HTTP to etcd.\n' "$cpu" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)"
 printf 'Medians of %s rounds of %s per run; wrk -t%s.\n' "$ROUNDS" "$DURATION" "$THREADS"
 printf 'etcd %s (data in %s), nginx %s, gate %s\n\n' "$(etcd --version | head -1 | awk '{print $3}')" "$shm" "$(nginx -v 2>&1 | cut -d/ -f2)" "$(go version | awk '{print $3}')"
-printf '| %-28s | %-22s | %8s | %8s | %8s | %s |\n' "run" "load" "req/s" "p50 ms" "p99 ms" "errors"
-printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------" "------------------------" "----------" "----------" "----------" "--------"
+printf '| %-34s | %-22s | %8s | %8s | %8s | %s |\n' "run" "load" "req/s" "p50 ms" "p99 ms" "errors"
+printf '|%s|%s|%s|%s|%s|%s|\n' "------------------------------------" "------------------------" "----------" "----------" "----------" "--------"
 for name in "${rows[@]}"; do
   case $name in
     *@rate) load="$RATE req/s, $LAT_CONNS conns" ;;
     *) load="wrk, $CONNS conns" ;;
   esac
-  printf '| %-28s | %-22s | %8s | %8s | %8s | %s |\n' "${name/@rate/at fixed rate}" "$load" \
+  printf '| %-34s | %-22s | %8s | %8s | %8s | %s |\n' "${name/@rate/at fixed rate}" "$load" \
     "$(median "${rps[$name]}")" "$(median "${p50[$name]}")" "$(median "${p99[$name]}")" "${bad[$name]}"
 done
 printf '\n'
@@ -307,5 +306,5 @@ awk -v g="$(m "${rps[GET gate]}")" -v n="$(m "${rps[GET nginx (site)]}")" -v k="
   'BEGIN { printf "GET throughput, gate / nginx (site): %.2fx; gate / nginx+keepalive: %.2fx\n", g / n, g / k }'
 awk -v g="$(m "${rps[PUT gate]}")" -v n="$(m "${rps[PUT nginx (site)]}")" -v k="$(m "${rps[PUT nginx+keepalive]}")" \
   'BEGIN { printf "Authenticated PUT, gate / nginx (site): %.2fx; gate / nginx+keepalive: %.2fx\n", g / n, g / k }'
-printf '%s idle watches: gate RSS %d MB (gate_open_watches %s); nginx (master + workers) RSS %d MB\n' \
+printf '%s idle watches: gate RSS %d MB (confsync_gate_open_watches %s); nginx (master + workers) RSS %d MB\n' \
   "$WATCHES" $(( ${watch_rss[gate]} / 1024 )) "$gate_open" $(( ${watch_rss[nginx (site)]} / 1024 ))

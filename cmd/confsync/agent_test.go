@@ -16,18 +16,8 @@ import (
 
 	"github.com/confsync/confsync/agent"
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testutil"
 )
-
-func eventually(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(60 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
-}
 
 func freeAddr(t *testing.T) string {
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -95,7 +85,7 @@ func TestAgentKilledDuringRendersLeavesNoPartialFile(t *testing.T) {
 	}
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
 	last, _ := srv.Client().Get(context.Background(), "/pool/h", nil)
-	eventually(t, "the last value everywhere", func() bool {
+	testutil.Eventually(t, "the last value everywhere", func() bool {
 		for i := 0; i < 4; i++ {
 			b, _ := os.ReadFile(filepath.Join(out, fmt.Sprintf("big%d", i)))
 			if !strings.HasPrefix(string(b), "h "+last.Node.Value+"\n") {
@@ -104,7 +94,7 @@ func TestAgentKilledDuringRendersLeavesNoPartialFile(t *testing.T) {
 		}
 		return true
 	})
-	eventually(t, "no stage files", func() bool { return len(stageFiles(t, out)) == 0 })
+	testutil.Eventually(t, "no stage files", func() bool { return len(stageFiles(t, out)) == 0 })
 }
 
 // checkComplete fails unless path is missing or a whole rendered file.
@@ -141,7 +131,7 @@ func TestAgentSIGTERMExitsZeroAfterRunningCommand(t *testing.T) {
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the reload to start", func() bool { _, err := os.Stat(out + "/started"); return err == nil })
+	testutil.Eventually(t, "the reload to start", func() bool { _, err := os.Stat(out + "/started"); return err == nil })
 	cmd.Process.Signal(syscall.SIGTERM)
 	err := cmd.Wait()
 	if err != nil {
@@ -171,7 +161,7 @@ func TestCheckAgainstARunningAgent(t *testing.T) {
 	go io.Copy(io.Discard, bufio.NewReader(stderr))
 	defer func() { cmd.Process.Signal(syscall.SIGTERM); cmd.Wait() }()
 	url := "http://" + addr + "/status"
-	eventually(t, "readiness", func() bool {
+	testutil.Eventually(t, "readiness", func() bool {
 		resp, err := http.Get("http://" + addr + "/readyz")
 		if err != nil {
 			return false
@@ -184,7 +174,7 @@ func TestCheckAgainstARunningAgent(t *testing.T) {
 		t.Fatalf("exit %d: %s", res.code, res.stdout)
 	}
 	srv.Delete(t, "/pool/a") // getv now fails for both resources
-	eventually(t, "WARNING", func() bool {
+	testutil.Eventually(t, "WARNING", func() bool {
 		res = runCmd(t, "check", "-url", url)
 		return res.code == 1
 	})
@@ -195,7 +185,7 @@ func TestCheckAgainstARunningAgent(t *testing.T) {
 		t.Fatalf("want CRITICAL at the threshold, got %d: %s", res.code, res.stdout)
 	}
 	srv.Stop()
-	eventually(t, "stale data to be reported", func() bool {
+	testutil.Eventually(t, "stale data to be reported", func() bool {
 		res = runCmd(t, "check", "-url", url, "-warn-failed", "10", "-crit-failed", "10", "-warn-age", "1s", "-crit-age", "1h")
 		return res.code == 1 && strings.Contains(res.stdout, "old (etcd unreachable?)")
 	})

@@ -6,9 +6,10 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"testing"
 	"time"
+
+	"github.com/confsync/confsync/internal/testutil"
 )
 
 // The whole story plays end to end, twice in the same output directory,
@@ -51,7 +52,7 @@ func TestDemoPlaysTheStoryTwice(t *testing.T) {
 
 // With Keep, the demo runs until its context ends (Ctrl-C), then stops.
 func TestDemoKeepStopsOnCancel(t *testing.T) {
-	var buf syncBuffer
+	var buf testutil.SyncBuffer
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() {
@@ -85,21 +86,4 @@ func TestOutputDirectoryOfSomeoneElseIsRefused(t *testing.T) {
 	if _, err := os.Stat(filepath.Join(out, "precious")); err != nil {
 		t.Fatal("someone else's file was removed")
 	}
-}
-
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }
