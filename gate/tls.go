@@ -3,9 +3,9 @@ package gate
 import (
 	"crypto/tls"
 	"crypto/x509"
-	"errors"
 	"fmt"
-	"os"
+
+	"github.com/confsync/confsync/backends/etcd"
 )
 
 // serverTLSConfig is TLS 1.2 and later with forward-secret AEAD suites only
@@ -51,27 +51,12 @@ type upstreamTLS struct {
 }
 
 func (u upstreamTLS) config() (*tls.Config, error) {
-	cfg := &tls.Config{MinVersion: tls.VersionTLS12}
-	if u.caFile != "" {
-		pem, err := os.ReadFile(u.caFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream CA: %w", err)
-		}
-		pool := x509.NewCertPool()
-		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("upstream CA %s: no PEM certificate found", u.caFile)
-		}
-		cfg.RootCAs = pool
+	cfg, err := etcd.Config{CAFile: u.caFile, CertFile: u.certFile, KeyFile: u.keyFile}.TLSConfig()
+	if err != nil {
+		return nil, fmt.Errorf("upstream %w", err)
 	}
-	if (u.certFile == "") != (u.keyFile == "") {
-		return nil, errors.New("upstream client certificate and key must be given together")
-	}
-	if u.certFile != "" {
-		cert, err := loadKeyPair(u.certFile, u.keyFile)
-		if err != nil {
-			return nil, fmt.Errorf("upstream client %w", err)
-		}
-		cfg.Certificates = []tls.Certificate{*cert}
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	return cfg, nil
 }

@@ -121,7 +121,7 @@ func TestBadTLSFilesNameTheFile(t *testing.T) {
 		t.Fatalf("error %v does not name the CA file", err)
 	}
 	_, err = etcd.New(context.Background(), etcd.Config{Endpoints: []string{"https://127.0.0.1:1"}, CertFile: "/x/cert.pem"})
-	if err == nil || !strings.Contains(err.Error(), "-client-key") {
+	if err == nil || !strings.Contains(err.Error(), "certificate and key") {
 		t.Fatalf("cert without key: %v", err)
 	}
 	_, err = etcd.New(context.Background(), etcd.Config{Endpoints: []string{"127.0.0.1:2379"}})

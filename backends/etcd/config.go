@@ -124,7 +124,7 @@ func (c Config) TLSConfig() (*tls.Config, error) {
 	}
 	cfg := &tls.Config{MinVersion: tls.VersionTLS12, InsecureSkipVerify: c.Insecure}
 	if (c.CertFile == "") != (c.KeyFile == "") {
-		return nil, errors.New("-client-cert and -client-key must be given together")
+		return nil, errors.New("client certificate and key must be given together")
 	}
 	if c.CertFile != "" {
 		cert, err := tls.LoadX509KeyPair(c.CertFile, c.KeyFile)
@@ -140,7 +140,7 @@ func (c Config) TLSConfig() (*tls.Config, error) {
 		}
 		pool := x509.NewCertPool()
 		if !pool.AppendCertsFromPEM(pem) {
-			return nil, fmt.Errorf("CA file %s holds no PEM certificate", c.CAFile)
+			return nil, fmt.Errorf("CA file %s: no PEM certificate found", c.CAFile)
 		}
 		cfg.RootCAs = pool
 	}
