@@ -539,13 +539,24 @@ func (a *Agent) loadCache() map[string]*backends.Snapshot {
 	if a.cache == nil {
 		return nil
 	}
-	snaps, err := a.cache.Load(a.roots())
+	roots := a.roots()
+	snaps, err := a.cache.Load(roots)
 	if err != nil {
 		a.logger.Warn("last-known-good cache not used", "err", err)
 		return nil
 	}
+	var missing []string
+	for _, r := range roots {
+		if snaps[r] == nil {
+			missing = append(missing, r)
+		}
+	}
 	if len(snaps) > 0 {
 		a.logger.Info("loaded last-known-good cache", "path", a.cache.Path, "roots", len(snaps))
+	}
+	if len(missing) > 0 && len(snaps) > 0 {
+		// The set of roots changed since the cache was written.
+		a.logger.Warn("the cache lacks some roots; their resources wait for etcd", "roots", missing)
 	}
 	return snaps
 }

@@ -537,3 +537,33 @@ func assertNoStage(t *testing.T, dir string) {
 		t.Fatalf("stage files left: %v", m)
 	}
 }
+
+// Resources that share a destination never run at the same time: each
+// one's check holds a lock file for a while and fails if it finds the
+// other's.
+func TestResourcesSharingADestNeverOverlap(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/pool/a", "1")
+	out := t.TempDir()
+	lock := filepath.Join(out, "check.lock")
+	check := fmt.Sprintf(`check_cmd = "(set -C; echo $$ > %s) || { echo overlap >> %s/overlaps; exit 1; }; sleep 0.3; rm -f %s"`, lock, out, lock)
+	dir := confdir(t, map[string]string{
+		"conf.d/one.toml":    "[template]\nsrc = \"one.tmpl\"\ndest = \"" + out + "/shared\"\nkeys = [\"/pool\"]\n" + check + "\n",
+		"conf.d/two.toml":    "[template]\nsrc = \"two.tmpl\"\ndest = \"" + out + "/shared\"\nkeys = [\"/pool\"]\n" + check + "\n",
+		"templates/one.tmpl": `one {{getv "/pool/a"}}`,
+		"templates/two.tmpl": `two {{getv "/pool/a"}}`,
+	})
+	a := startAgent(t, agentConfig(t, dir, "", srv.URL()))
+	for i := 2; i <= 4; i++ {
+		srv.Set(t, "/pool/a", fmt.Sprint(i))
+		want := fmt.Sprint(i)
+		testutil.Eventually(t, "both resources to apply "+want, func() bool {
+			one, two := a.resource("one.toml"), a.resource("two.toml")
+			b, _ := os.ReadFile(out + "/shared")
+			return one.Healthy && two.Healthy && strings.HasSuffix(string(b), " "+want)
+		})
+	}
+	if b, err := os.ReadFile(out + "/overlaps"); err == nil {
+		t.Fatalf("checks of resources sharing a destination overlapped: %s", b)
+	}
+}

@@ -198,6 +198,24 @@ func TestPollDeliversEventsInOrder(t *testing.T) {
 	}
 }
 
+// etcd ends a long poll with an empty 200 when it shuts the watch down;
+// the poll asks again and still gets the event.
+func TestPollRetriesAnEmptyAnswer(t *testing.T) {
+	srv := etcdtest.New(t)
+	proxy := etcdtest.NewProxy(t, srv.URL())
+	ev := srv.Set(t, "/root/a", "1")
+	proxy.EmptyWatches(2)
+	c := newClient(t, etcd.Config{Endpoints: []string{proxy.URL()}})
+	p, _ := c.NewPoller("/root")
+	res, err := p.Poll(context.Background(), ev.Index, 30*time.Second)
+	if err != nil || res.Event == nil || res.Event.Node.ModifiedIndex != ev.Index {
+		t.Fatalf("poll after empty answers: %+v %v", res, err)
+	}
+	if n := proxy.Count(func(r etcdtest.Request) bool { return r.Watch() }); n != 3 {
+		t.Fatalf("%d long polls, want 2 empty ones and the real one", n)
+	}
+}
+
 func TestPollReportsClearedHistory(t *testing.T) {
 	srv := etcdtest.New(t)
 	start := srv.Index(t)

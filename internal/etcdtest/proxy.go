@@ -23,6 +23,7 @@ type Proxy struct {
 	delay    atomic.Int64 // nanoseconds added before forwarding
 	down     atomic.Bool
 	target   atomic.Pointer[url.URL]
+	empty    atomic.Int64 // watches still to answer with an empty 200
 }
 
 // Request is one proxied request.
@@ -71,6 +72,15 @@ func NewProxy(tb testing.TB, target string) *Proxy {
 			return
 		}
 		req := Request{Method: r.Method, Path: r.URL.Path, Query: r.URL.Query()}
+		if req.Watch() && p.empty.Add(-1) >= 0 {
+			// What etcd sends when it closes a long poll without an event.
+			w.Header().Set("X-Etcd-Index", "1")
+			w.WriteHeader(http.StatusOK)
+			p.mu.Lock()
+			p.requests = append(p.requests, req)
+			p.mu.Unlock()
+			return
+		}
 		p.mu.Lock()
 		p.requests = append(p.requests, req)
 		p.mu.Unlock()
@@ -117,6 +127,7 @@ func (p *Proxy) Reset() {
 	p.requests = nil
 	p.mu.Unlock()
 	p.maxWatch.Store(p.watching.Load())
+	p.empty.Store(0)
 }
 
 // OpenWatches is the number of long polls in flight now; MaxOpenWatches the
@@ -135,6 +146,10 @@ func (p *Proxy) SetTarget(target string) {
 		p.target.Store(u)
 	}
 }
+
+// EmptyWatches answers the next n long polls with 200 and an empty body,
+// as etcd does when it ends a watch without an event; clients must retry.
+func (p *Proxy) EmptyWatches(n int) { p.empty.Store(int64(n)) }
 
 // SetDown makes later requests fail by dropping their connection.
 func (p *Proxy) SetDown(down bool) { p.down.Store(down) }
