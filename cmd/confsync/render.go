@@ -108,6 +108,9 @@ func renderOnce(ctx context.Context, r *renderFlags, stdout, stderr io.Writer) i
 		return renderTemplate(ctx, r, src, stdout, stderr)
 	}
 
+	if _, err := agent.ResourceFiles(r.confDir); err != nil {
+		return usageError(stderr, "render", err)
+	}
 	resources, loadErrs := agent.LoadAll(agent.LoadOptions{ConfDir: r.confDir, Prefix: r.prefix, DestRoot: r.destRoot})
 	for _, err := range loadErrs {
 		logger.Error("resource not loaded", "err", err)

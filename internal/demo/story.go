@@ -156,7 +156,13 @@ func (d *demo) replicaOutage(ctx context.Context) error {
 	}); err != nil {
 		return err
 	}
-	time.Sleep(1500 * time.Millisecond) // let the data age become visible in whole seconds
+	// Let the data age grow visibly before showing it.
+	if err := d.waitFor(ctx, "the data to age", func() bool {
+		st := d.agentStatus()
+		return len(st.Roots) > 0 && st.Roots[0].AgeSeconds >= 1
+	}); err != nil {
+		return err
+	}
 	st := d.agentStatus()
 	d.say("  agent /status (http://%s/status): backend_up=%t ready=%t, data age of %s: %.1fs",
 		d.agent.addr, st.BackendUp, st.Ready, st.Roots[0].Root, st.Roots[0].AgeSeconds)
