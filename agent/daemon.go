@@ -41,6 +41,9 @@ type Config struct {
 	RetryMin, RetryMax time.Duration
 	// Workers is how many groups are processed at once (default 4).
 	Workers int
+	// DataFiles are the file backend's files and directories: a change to
+	// any of them re-reads every root at once.
+	DataFiles []string
 	// Watch tunes the shared watch (poll timeout, backoff); the fields the
 	// agent owns (Source, Interval, OnUpdate...) are set by the agent.
 	Watch watch.Config
@@ -184,10 +187,11 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	var bg sync.WaitGroup
-	bg.Add(3)
+	bg.Add(4)
 	go func() { defer bg.Done(); a.saveCacheLoop(ctx) }()
 	go func() { defer bg.Done(); a.resyncLoop(ctx) }()
 	go func() { defer bg.Done(); a.watchConfdir(ctx) }()
+	go func() { defer bg.Done(); a.watchDataFiles(ctx) }()
 
 	<-ctx.Done()
 	a.logger.Info("shutting down; letting in-flight commands finish", "grace", a.cfg.Grace)

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/file"
 	"github.com/confsync/confsync/backends/watch"
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testutil"
@@ -566,4 +567,28 @@ func TestResourcesSharingADestNeverOverlap(t *testing.T) {
 	if b, err := os.ReadFile(out + "/overlaps"); err == nil {
 		t.Fatalf("checks of resources sharing a destination overlapped: %s", b)
 	}
+}
+
+// With the file backend, -watch follows edits of the data files at once
+// (the periodic resync here is an hour away).
+func TestFileBackendFollowsEdits(t *testing.T) {
+	data := filepath.Join(t.TempDir(), "data.yaml")
+	os.WriteFile(data, []byte("pool:\n  a: 1\n"), 0o644)
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	startAgent(t, Config{
+		Load:           LoadOptions{ConfDir: dir},
+		Source:         &file.Source{Paths: []string{data}},
+		ResyncInterval: time.Hour,
+		DataFiles:      []string{data},
+	})
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+	// Replace the file the way editors and config management do.
+	tmp := data + ".new"
+	os.WriteFile(tmp, []byte("pool:\n  a: 2\n  b: 3\n"), 0o644)
+	os.Rename(tmp, data)
+	testutil.Eventually(t, "the edit", fileIs(out+"/hosts", "a=2\nb=3\n"))
 }

@@ -112,6 +112,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		StateDir:       f.stateDir,
 		CacheSource:    f.cacheSource(),
 		Grace:          f.grace,
+		DataFiles:      f.dataFiles(),
 		Options:        agent.Options{Noop: f.noop, SyncOnly: f.syncOnly, KeepStageFile: f.keepStageFile, Diff: stdout, Logger: logger},
 		Watch:          watch.Config{},
 	})
@@ -147,6 +148,14 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	return 0
+}
+
+// dataFiles are the files to follow when the file backend is watched.
+func (f *agentFlags) dataFiles() []string {
+	if f.backend != "file" || f.interval > 0 {
+		return nil
+	}
+	return f.files
 }
 
 func (f *agentFlags) mode() string {
