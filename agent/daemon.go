@@ -28,6 +28,11 @@ type Config struct {
 	// WaitMin passes without another, but never longer than WaitMax. Zero
 	// renders at once.
 	WaitMin, WaitMax time.Duration
+	// MinRenderGap limits a group without quiescence to one pass per gap
+	// (default 50ms; negative disables): a change after a quiet spell
+	// renders at once, while a burst of writes renders every gap and once
+	// more after its last write, instead of once per write.
+	MinRenderGap time.Duration
 	// StateDir holds the last-known-good cache; "" disables it.
 	StateDir string
 	// CacheSource names the data source in the cache, so that a cache
@@ -105,6 +110,7 @@ type group struct {
 	running  bool
 	rerun    bool
 	settled  bool // rendered once, so later changes wait for quiescence
+	lastRun  time.Time
 }
 
 // New builds an agent and loads its resources. Files that do not load are
@@ -127,6 +133,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	if cfg.Workers <= 0 {
 		cfg.Workers = 4
+	}
+	if cfg.MinRenderGap == 0 {
+		cfg.MinRenderGap = 50 * time.Millisecond
 	}
 	if cfg.Registry == nil {
 		cfg.Registry = prometheus.NewRegistry()
@@ -265,8 +274,12 @@ func touches(r *Resource, u watch.Update) bool {
 // after the quiescence. Caller holds a.mu.
 func (a *Agent) changed(g *group) {
 	min, max := a.waitFor(g)
-	if !g.settled || min == 0 {
+	if !g.settled {
 		a.enqueue(g)
+		return
+	}
+	if min == 0 {
+		a.soon(g)
 		return
 	}
 	now := time.Now()
@@ -298,6 +311,16 @@ func (a *Agent) waitFor(g *group) (min, max time.Duration) {
 		max = min
 	}
 	return min, max
+}
+
+// soon enqueues g at once, or when MinRenderGap has passed since its last
+// pass. Caller holds a.mu.
+func (a *Agent) soon(g *group) {
+	if wait := a.cfg.MinRenderGap - time.Since(g.lastRun); wait > 0 && !g.running {
+		a.schedule(g, wait)
+		return
+	}
+	a.enqueue(g)
 }
 
 // schedule enqueues g after d, replacing any earlier timer. Caller holds a.mu.
@@ -342,7 +365,7 @@ func (a *Agent) work(ctx context.Context) {
 		g.running = false
 		if g.rerun {
 			g.rerun = false
-			a.enqueue(g)
+			a.soon(g)
 		}
 		a.mu.Unlock()
 	}
@@ -409,7 +432,7 @@ func (a *Agent) process(g *group) {
 
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	g.settled = true
+	g.settled, g.lastRun = true, time.Now()
 	for i, st := range jobs {
 		a.record(st, outcomes[i])
 	}

@@ -592,3 +592,29 @@ func TestFileBackendFollowsEdits(t *testing.T) {
 	os.Rename(tmp, data)
 	testutil.Eventually(t, "the edit", fileIs(out+"/hosts", "a=2\nb=3\n"))
 }
+
+// Without quiescence, a burst renders at most once per MinRenderGap and
+// once more after its last write: few rewrites, and the right file.
+func TestBurstWithoutQuiescenceIsRateLimited(t *testing.T) {
+	srv := etcdtest.New(t)
+	out := t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    resourceToml(out + "/hosts"),
+		"templates/hosts.tmpl": hostsTemplate,
+	})
+	cfg := agentConfig(t, dir, "", srv.URL())
+	cfg.MinRenderGap = 200 * time.Millisecond
+	a := startAgent(t, cfg)
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", ""))
+	start := time.Now()
+	for i := 0; i < 200; i++ {
+		srv.Set(t, "/pool/k", fmt.Sprint(i))
+	}
+	burst := time.Since(start)
+	testutil.Eventually(t, "the last value", fileIs(out+"/hosts", "k=199\n"))
+	// One pass per gap during the burst, plus the first and the last.
+	limit := int(burst/cfg.MinRenderGap) + 3
+	if w := a.resource("hosts.toml").Writes; w > limit {
+		t.Fatalf("%d rewrites for a %v burst of 200 writes; the gap allows %d", w, burst.Round(time.Millisecond), limit)
+	}
+}
