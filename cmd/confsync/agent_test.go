@@ -174,9 +174,9 @@ func TestCheckAgainstARunningAgent(t *testing.T) {
 		t.Fatalf("exit %d: %s", res.code, res.stdout)
 	}
 	srv.Delete(t, "/pool/a") // getv now fails for both resources
-	testutil.Eventually(t, "WARNING", func() bool {
+	testutil.Eventually(t, "WARNING for both resources", func() bool {
 		res = runCmd(t, "check", "-url", url)
-		return res.code == 1
+		return res.code == 1 && strings.Contains(res.stdout, "2 resources failing")
 	})
 	if !strings.Contains(res.stdout, "2 resources failing: a.toml (template), b.toml (template)") {
 		t.Fatalf("output %s", res.stdout)
