@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"log/slog"
 	"os"
 	"path/filepath"
 	"time"
@@ -11,20 +12,26 @@ import (
 
 // watchDataFiles re-reads every root soon after any of the file backend's
 // files changes, so that -backend file follows edits as -watch promises
-// rather than at the next resync. Directories are watched whole; for a
-// file, its directory is watched, since editors and config management
-// replace files by renaming new ones over them.
+// rather than at the next resync.
 func (a *Agent) watchDataFiles(ctx context.Context) {
-	if len(a.cfg.DataFiles) == 0 {
-		return
+	if len(a.cfg.DataFiles) > 0 {
+		watchPaths(ctx, a.logger, a.cfg.DataFiles, 100*time.Millisecond, a.watcher.Resync)
 	}
+}
+
+// watchPaths calls onChange once changes under paths have settled for the
+// given time (editors and config management write files in several steps).
+// Directories are watched with everything below them, including
+// directories created later; for a file, its directory is watched, since
+// files are often replaced by renaming a new one over them.
+func watchPaths(ctx context.Context, logger *slog.Logger, paths []string, settle time.Duration, onChange func()) {
 	w, err := fsnotify.NewWatcher()
 	if err != nil {
-		a.logger.Error("cannot watch the data files; they are re-read every -resync-interval", "err", err)
+		logger.Error("cannot watch files for changes; send SIGHUP instead", "paths", paths, "err", err)
 		return
 	}
 	defer w.Close()
-	for _, p := range a.cfg.DataFiles {
+	for _, p := range paths {
 		if info, err := os.Stat(p); err == nil && info.IsDir() {
 			addTree(w, p)
 		} else {
@@ -45,11 +52,24 @@ func (a *Agent) watchDataFiles(ctx context.Context) {
 					addTree(w, ev.Name)
 				}
 			}
-			debounce = time.After(100 * time.Millisecond)
-		case <-w.Errors:
+			debounce = time.After(settle)
+		case err, ok := <-w.Errors:
+			if !ok {
+				return
+			}
+			logger.Warn("file watch error", "err", err)
 		case <-debounce:
 			debounce = nil
-			a.watcher.Resync()
+			onChange()
 		}
 	}
+}
+
+func addTree(w *fsnotify.Watcher, root string) {
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && d.IsDir() {
+			w.Add(p)
+		}
+		return nil
+	})
 }

@@ -2,13 +2,10 @@ package agent
 
 import (
 	"context"
-	"os"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
-
-	"github.com/fsnotify/fsnotify"
 )
 
 // loadResources loads conf.d and installs the result. A file that does not
@@ -110,51 +107,9 @@ func (a *Agent) Reload() {
 	}
 }
 
-// watchConfdir reloads resources when anything under conf.d/ or templates/
-// changes, a quarter second after the last change (editors and config
-// management write files in several steps).
+// watchConfdir reloads resources when anything under conf.d/ or
+// templates/ changes.
 func (a *Agent) watchConfdir(ctx context.Context) {
-	w, err := fsnotify.NewWatcher()
-	if err != nil {
-		a.logger.Error("cannot watch the confdir; use SIGHUP to reload", "err", err)
-		return
-	}
-	defer w.Close()
-	for _, sub := range []string{"conf.d", "templates"} {
-		addTree(w, filepath.Join(a.cfg.Load.ConfDir, sub))
-	}
-	var debounce <-chan time.Time
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case ev, ok := <-w.Events:
-			if !ok {
-				return
-			}
-			if ev.Op&fsnotify.Create != 0 {
-				if info, err := os.Stat(ev.Name); err == nil && info.IsDir() {
-					addTree(w, ev.Name)
-				}
-			}
-			debounce = time.After(250 * time.Millisecond)
-		case err, ok := <-w.Errors:
-			if !ok {
-				return
-			}
-			a.logger.Warn("confdir watch error", "err", err)
-		case <-debounce:
-			debounce = nil
-			a.Reload()
-		}
-	}
-}
-
-func addTree(w *fsnotify.Watcher, root string) {
-	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
-		if err == nil && d.IsDir() {
-			w.Add(p)
-		}
-		return nil
-	})
+	dirs := []string{filepath.Join(a.cfg.Load.ConfDir, "conf.d"), filepath.Join(a.cfg.Load.ConfDir, "templates")}
+	watchPaths(ctx, a.logger, dirs, 250*time.Millisecond, a.Reload)
 }
