@@ -5,7 +5,6 @@ import (
 	"errors"
 	"log/slog"
 	"path/filepath"
-	"sort"
 	"sync"
 	"time"
 
@@ -197,8 +196,8 @@ func (a *Agent) Run(ctx context.Context) error {
 	}
 	var bg sync.WaitGroup
 	bg.Add(4)
-	go func() { defer bg.Done(); a.saveCacheLoop(ctx) }()
-	go func() { defer bg.Done(); a.resyncLoop(ctx) }()
+	go func() { defer bg.Done(); every(ctx, time.Second, a.saveCache) }()
+	go func() { defer bg.Done(); every(ctx, a.cfg.ResyncInterval, a.resyncAll) }()
 	go func() { defer bg.Done(); a.watchConfdir(ctx) }()
 	go func() { defer bg.Done(); a.watchDataFiles(ctx) }()
 
@@ -224,16 +223,11 @@ func (a *Agent) Run(ctx context.Context) error {
 func (a *Agent) roots() []string {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return Roots(a.resourceList())
-}
-
-func (a *Agent) resourceList() []*Resource {
-	list := make([]*Resource, 0, len(a.resources))
+	var keys []string
 	for _, st := range a.resources {
-		list = append(list, st.res)
+		keys = append(keys, st.res.PrefixedKeys...)
 	}
-	sort.Slice(list, func(i, j int) bool { return list[i].File < list[j].File })
-	return list
+	return backends.MinimalRoots(keys)
 }
 
 // onUpdate is called by the watcher for every new snapshot: it marks the
@@ -537,25 +531,30 @@ func dataReady(r *Resource, snaps Snapshots) bool {
 	return true
 }
 
-// resyncLoop re-applies every resource on the resync period, catching
-// destination files changed behind the agent's back.
-func (a *Agent) resyncLoop(ctx context.Context) {
-	if a.cfg.ResyncInterval <= 0 {
+// resyncAll re-applies every resource, catching destination files changed
+// behind the agent's back; it runs every resync interval.
+func (a *Agent) resyncAll() {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	for _, st := range a.resources {
+		st.dirty = true
+		a.enqueue(st.group)
+	}
+}
+
+// every calls f each period until ctx is done; a period <= 0 never calls it.
+func every(ctx context.Context, period time.Duration, f func()) {
+	if period <= 0 {
 		return
 	}
-	t := time.NewTicker(a.cfg.ResyncInterval)
+	t := time.NewTicker(period)
 	defer t.Stop()
 	for {
 		select {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			a.mu.Lock()
-			for _, st := range a.resources {
-				st.dirty = true
-				a.enqueue(st.group)
-			}
-			a.mu.Unlock()
+			f()
 		}
 	}
 }
@@ -588,23 +587,8 @@ func (a *Agent) loadCache() map[string]*backends.Snapshot {
 	return snaps
 }
 
-// saveCacheLoop writes the cache at most once a second while data changes.
-func (a *Agent) saveCacheLoop(ctx context.Context) {
-	if a.cache == nil {
-		return
-	}
-	t := time.NewTicker(time.Second)
-	defer t.Stop()
-	for {
-		select {
-		case <-ctx.Done():
-			return
-		case <-t.C:
-			a.saveCache()
-		}
-	}
-}
-
+// saveCache writes the cache if the data changed since the last save; it
+// runs once a second, so a burst of changes costs one write.
 func (a *Agent) saveCache() {
 	if a.cache == nil {
 		return

@@ -15,27 +15,21 @@ import (
 // comparison). The watcher follows the new set of roots, leaving roots that
 // stay in the set alone.
 func (a *Agent) loadResources() error {
-	files, err := ResourceFiles(a.cfg.Load.ConfDir)
+	c, err := LoadConfdir(a.cfg.Load)
 	if err != nil {
 		return err
 	}
-	loaded := map[string]*Resource{}
-	errs := map[string]error{}
-	for _, f := range files {
-		r, err := Load(f, a.cfg.Load)
-		if err != nil {
-			errs[f] = err
+	for _, f := range c.Files {
+		if err := c.Errors[f]; err != nil {
 			a.logger.Error("resource file not loaded", "file", f, "err", err)
-			continue
 		}
-		loaded[f] = r
 	}
 
 	a.mu.Lock()
 	next := map[string]*resState{}
-	for _, f := range files {
+	for _, f := range c.Files {
 		st := a.resources[f]
-		r, ok := loaded[f]
+		r, ok := c.Resources[f]
 		switch {
 		case ok && st == nil:
 			st = &resState{res: r, dirty: true}
@@ -48,7 +42,7 @@ func (a *Agent) loadResources() error {
 		}
 		next[f] = st
 	}
-	a.resources, a.loadErrs = next, errs
+	a.resources, a.loadErrs = next, c.Errors
 	a.regroup()
 	watching := a.cmdCtx != nil
 	a.mu.Unlock()

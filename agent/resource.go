@@ -128,22 +128,64 @@ func ResourceFiles(confDir string) ([]string, error) {
 	return files, err
 }
 
-// LoadAll loads every resource file. A file that does not load is reported
-// in errs and skipped; the others load regardless.
-func LoadAll(opts LoadOptions) (resources []*Resource, errs []error) {
+// Confdir is what loading a confdir found, by resource file.
+type Confdir struct {
+	// Files are the resource files, in lexical order.
+	Files []string
+	// Resources holds the files that loaded, Errors the ones that did not.
+	Resources map[string]*Resource
+	Errors    map[string]error
+}
+
+// LoadConfdir loads every resource file. A file that does not load is in
+// Errors and the others load regardless; the error is about the confdir
+// itself (no conf.d).
+func LoadConfdir(opts LoadOptions) (*Confdir, error) {
 	files, err := ResourceFiles(opts.ConfDir)
+	if err != nil {
+		return nil, err
+	}
+	c := &Confdir{Files: files, Resources: map[string]*Resource{}, Errors: map[string]error{}}
+	for _, f := range files {
+		if r, err := Load(f, opts); err != nil {
+			c.Errors[f] = err
+		} else {
+			c.Resources[f] = r
+		}
+	}
+	return c, nil
+}
+
+// List returns the resources that loaded, in file order.
+func (c *Confdir) List() []*Resource {
+	var list []*Resource
+	for _, f := range c.Files {
+		if r := c.Resources[f]; r != nil {
+			list = append(list, r)
+		}
+	}
+	return list
+}
+
+// ErrorList returns the load errors, in file order.
+func (c *Confdir) ErrorList() []error {
+	var errs []error
+	for _, f := range c.Files {
+		if err := c.Errors[f]; err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errs
+}
+
+// LoadAll loads every resource file, returning the resources that loaded
+// and the errors of the files (or the confdir) that did not.
+func LoadAll(opts LoadOptions) (resources []*Resource, errs []error) {
+	c, err := LoadConfdir(opts)
 	if err != nil {
 		return nil, []error{err}
 	}
-	for _, f := range files {
-		r, err := Load(f, opts)
-		if err != nil {
-			errs = append(errs, err)
-			continue
-		}
-		resources = append(resources, r)
-	}
-	return resources, errs
+	return c.List(), c.ErrorList()
 }
 
 // resourceFile is the TOML shape of a resource file.
@@ -452,7 +494,7 @@ func Roots(resources []*Resource) []string {
 	return backends.MinimalRoots(keys)
 }
 
-// CommandLines renders the check and reload commands for a stage file.
+// commandLine renders a check or reload command for a stage file.
 func (r *Resource) commandLine(t *template.Template, stage string) (string, error) {
 	var buf bytes.Buffer
 	if err := t.Execute(&buf, map[string]string{"src": stage, "dest": r.Dest}); err != nil {

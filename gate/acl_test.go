@@ -33,6 +33,9 @@ prefix = "/conftool/v1/pools/eqiad/jobrunner"
 users = ["root", "conftool", "pool-eqiad-jobrunner"]
 `
 
+// SiteACL shares siteACL with the external tests (package gate_test).
+const SiteACL = siteACL
+
 func mustACL(t testing.TB, text string) *ACL {
 	t.Helper()
 	a, err := ParseACL("acl.toml", []byte(text))

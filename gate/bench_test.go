@@ -20,7 +20,7 @@ import (
 // datacenters and 100 services each.
 func benchACL() string {
 	var b strings.Builder
-	b.WriteString(siteACL)
+	b.WriteString(gate.SiteACL)
 	for _, dc := range []string{"eqiad", "codfw"} {
 		for i := range 100 {
 			fmt.Fprintf(&b, "[[acl]]\nprefix = \"/conftool/v1/pools/%s/svc%d\"\nusers = [\"root\", \"conftool\", \"pool-%s-svc%d\"]\n", dc, i, dc, i)

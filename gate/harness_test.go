@@ -23,31 +23,6 @@ import (
 	"github.com/confsync/confsync/internal/testutil"
 )
 
-// The site's ACL (issue 5 plus generated per-pool rules).
-const siteACL = `
-admins = ["root"]
-
-[[acl]]
-prefix = "/"
-users = ["root"]
-
-[[acl]]
-prefix = "/conftool"
-users = ["root", "conftool"]
-
-[[acl]]
-prefix = "/eventlogging"
-anonymous = true
-
-[[acl]]
-prefix = "/conftool/v1/pools/eqiad/appserver"
-users = ["root", "conftool", "pool-eqiad-appserver"]
-
-[[acl]]
-prefix = "/conftool/v1/pools/eqiad/jobrunner"
-users = ["root", "conftool", "pool-eqiad-jobrunner"]
-`
-
 // Users and passwords; hashes written by htpasswd -m (apr1) and -B (bcrypt).
 const siteHtpasswd = `root:$apr1$fGLQ4S4A$QXFqKmEGcBIaI9OCECwqB/
 conftool:$apr1$HmN3Vi6J$QhkRVahT7wVasiYAhCq9g.
@@ -99,7 +74,7 @@ func withPKI(p *testpki.PKI) option { return func(h *harness) { h.pki = p } }
 func newHarness(t *testing.T, opts ...option) *harness {
 	t.Helper()
 	h := &harness{t: t, dir: t.TempDir(), pki: testpki.New(t), logs: &testutil.SyncBuffer{}}
-	write(t, filepath.Join(h.dir, "acl.toml"), siteACL)
+	write(t, filepath.Join(h.dir, "acl.toml"), gate.SiteACL)
 	write(t, filepath.Join(h.dir, "htpasswd"), siteHtpasswd)
 	h.cfg = gate.Config{
 		TLSCertFile:  h.pki.ServerCert,

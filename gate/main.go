@@ -16,9 +16,11 @@ import (
 	"time"
 )
 
-const usageText = `Usage: confsync gate -listen HOST:PORT -upstream URL -tls-cert F -tls-key F [flags]
-
-The gate is a TLS reverse proxy for etcd's v2 API that enforces per-prefix
+// Synopsis and Description are the manual of confsync gate, shown by -h
+// and by confsync help gate.
+const (
+	Synopsis    = `confsync gate -listen HOST:PORT -upstream URL -tls-cert F -tls-key F [flags]`
+	Description = `The gate is a TLS reverse proxy for etcd's v2 API that enforces per-prefix
 write ACLs with HTTP basic auth and can be switched read-only at run time.
 Run etcd on loopback without authentication and the gate on the public port.
 
@@ -66,9 +68,10 @@ Example:
         -tls-cert /etc/ssl/etcd.pem -tls-key /etc/ssl/etcd.key \
         -htpasswd /etc/confsync/gate.htpasswd -acl /etc/confsync/gate-acl.toml \
         -read-only-file /etc/confsync/gate-read-only -metrics-addr 127.0.0.1:9184
-
-Flags:
 `
+)
+
+const usageText = "Usage: " + Synopsis + "\n\n" + Description + "\nFlags:\n"
 
 // options are the parsed flags of `confsync gate`.
 type options struct {

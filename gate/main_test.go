@@ -66,7 +66,7 @@ func TestMainServes(t *testing.T) {
 	etcd := etcdtest.New(t)
 	pki := testpki.New(t)
 	dir := t.TempDir()
-	write(t, filepath.Join(dir, "acl.toml"), siteACL)
+	write(t, filepath.Join(dir, "acl.toml"), gate.SiteACL)
 	write(t, filepath.Join(dir, "htpasswd"), siteHtpasswd)
 	accessLog := filepath.Join(dir, "access.log")
 	flagFile := filepath.Join(dir, "read-only")

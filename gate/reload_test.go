@@ -33,12 +33,12 @@ func TestACLReload(t *testing.T) {
 	if s := h.putStatus("/spicerack/x", "conftool", ""); s != 401 {
 		t.Fatalf("conftool writing /spicerack before the change: %d", s)
 	}
-	write(t, acl, siteACL+"\n[[acl]]\nprefix = \"/spicerack\"\nusers = [\"root\", \"conftool\"]\n")
+	write(t, acl, gate.SiteACL+"\n[[acl]]\nprefix = \"/spicerack\"\nusers = [\"root\", \"conftool\"]\n")
 	testutil.Eventually(t, "the new ACL to let conftool write /spicerack", func() bool {
 		return h.putStatus("/spicerack/x", "conftool", "") == 201 || h.putStatus("/spicerack/x", "conftool", "") == 200
 	})
 
-	write(t, acl, siteACL+"\n[[acl]]\nprefix = \"/spicerack\"\nuser = [\"conftool\"]\n")
+	write(t, acl, gate.SiteACL+"\n[[acl]]\nprefix = \"/spicerack\"\nuser = [\"conftool\"]\n")
 	h.waitReloadError("acl")
 	if !strings.Contains(h.logs.String(), "unknown key acl.user") {
 		t.Errorf("the log does not say what is wrong:\n%s", h.logs.String())
@@ -134,7 +134,7 @@ func TestReloadReportsErrors(t *testing.T) {
 // handler).
 func TestReloadChecksTheFlagFile(t *testing.T) {
 	dir := t.TempDir()
-	write(t, filepath.Join(dir, "acl.toml"), siteACL)
+	write(t, filepath.Join(dir, "acl.toml"), gate.SiteACL)
 	write(t, filepath.Join(dir, "htpasswd"), siteHtpasswd)
 	flag := filepath.Join(dir, "ro")
 	srv, err := gate.New(gate.Config{
@@ -169,7 +169,7 @@ func TestNewRefusesBadConfiguration(t *testing.T) {
 		os.WriteFile(p, []byte(content), 0o600)
 		return p
 	}
-	goodACL := file("acl.toml", siteACL)
+	goodACL := file("acl.toml", gate.SiteACL)
 	goodUsers := file("htpasswd", siteHtpasswd)
 	base := gate.Config{
 		Upstreams:    []string{"http://127.0.0.1:2379"},

@@ -18,12 +18,13 @@ import (
 	"github.com/confsync/confsync/backends/etcd"
 )
 
-const usage = `Usage:
-  confsync mirror [flags] SRC DST             replicate, until stopped
-  confsync mirror verify [flags] SRC DST      compare the trees once
-  confsync mirror set-index [flags] SRC DST   switchover: verify, then record the source index on DST
-
-Replicates one prefix of the etcd cluster SRC into the etcd cluster DST through
+// Synopsis and Description are the manual of confsync mirror, shown by
+// -h and by confsync help mirror.
+const (
+	Synopsis = `confsync mirror [flags] SRC DST             replicate, until stopped
+confsync mirror verify [flags] SRC DST      compare the trees once
+confsync mirror set-index [flags] SRC DST   switchover: verify, then record the source index on DST`
+	Description = `Replicates one prefix of the etcd cluster SRC into the etcd cluster DST through
 the v2 API, like etcdmirror (same flags, same index key, same metrics).
 SRC and DST are client URLs, several per cluster separated by commas:
   https://conf1007.eqiad.wmnet:2379,https://conf1008.eqiad.wmnet:2379
@@ -51,9 +52,13 @@ Unreachable clusters are retried with backoff, never a reason to exit.
 HTTP (--port): /lag (plain integer), /metrics, /healthz, /status.
 verify and set-index take the same flags; those about streaming (--reload,
 --port, --concurrency, ...) are ignored there.
-
-Flags:
 `
+)
+
+// usage is the -h text: the manual, then the flags.
+func usage() string {
+	return "Usage:\n  " + strings.ReplaceAll(Synopsis, "\n", "\n  ") + "\n\n" + Description + "\nFlags:\n"
+}
 
 // options are the command-line flags.
 type options struct {
@@ -112,7 +117,7 @@ func newFlagSet(o *options, name string) *flag.FlagSet {
 		fs.StringVar(&side.s.passwordFile, side.prefix+"-password-file", "", "`file` holding the "+side.name+" user's password")
 	}
 	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage)
+		fmt.Fprint(fs.Output(), usage())
 		fs.PrintDefaults()
 	}
 	return fs
@@ -131,7 +136,7 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
-		fmt.Fprint(stdout, usage)
+		fmt.Fprint(stdout, usage())
 		fs.PrintDefaults()
 		return 0
 	}
@@ -349,12 +354,7 @@ func (m *Mirror) printComparison(w io.Writer, cmp *comparison) {
 func (m *Mirror) setIndexMain(ctx context.Context, timeout time.Duration, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	var saved loaded
-	err := m.retry(ctx, sideDestination, "read the replication index", func(ctx context.Context) error {
-		var err error
-		saved, err = m.state.load(ctx)
-		return err
-	})
+	saved, err := m.loadState(ctx)
 	if err != nil {
 		fmt.Fprintf(stderr, "confsync mirror set-index: %v%s\n", err, m.lastErrorHint())
 		return 1

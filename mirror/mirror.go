@@ -170,18 +170,25 @@ func (m *Mirror) Run(ctx context.Context) error {
 	return err
 }
 
-// start checks that the destination may be resumed from its index and
-// returns the first source index to read.
-func (m *Mirror) start(ctx context.Context) (uint64, error) {
-	m.setPhase(phaseStarting)
-	m.log.Info("starting replication", "source", m.src.Endpoints(), "source_prefix", m.keys.srcRoot,
-		"destination", m.dst.Endpoints(), "destination_prefix", m.keys.dstBase, "index_key", m.keys.indexKey())
+// loadState reads the replication index and state from the destination,
+// retrying while it does not answer.
+func (m *Mirror) loadState(ctx context.Context) (loaded, error) {
 	var saved loaded
 	err := m.retry(ctx, sideDestination, "read the replication index", func(ctx context.Context) error {
 		var err error
 		saved, err = m.state.load(ctx)
 		return err
 	})
+	return saved, err
+}
+
+// start checks that the destination may be resumed from its index and
+// returns the first source index to read.
+func (m *Mirror) start(ctx context.Context) (uint64, error) {
+	m.setPhase(phaseStarting)
+	m.log.Info("starting replication", "source", m.src.Endpoints(), "source_prefix", m.keys.srcRoot,
+		"destination", m.dst.Endpoints(), "destination_prefix", m.keys.dstBase, "index_key", m.keys.indexKey())
+	saved, err := m.loadState(ctx)
 	if err != nil {
 		return 0, err
 	}

@@ -48,8 +48,18 @@ func TestTimeoutKillsTheWholeGroup(t *testing.T) {
 
 func TestCancelKillsCommand(t *testing.T) {
 	ctx, cancel := context.WithCancel(context.Background())
-	go func() { time.Sleep(200 * time.Millisecond); cancel() }()
-	_, err := Run(ctx, "sleep 300", time.Hour, nil)
+	started := filepath.Join(t.TempDir(), "started")
+	go func() {
+		// Cancel once the command is running, not before it starts.
+		for {
+			if _, err := os.Stat(started); err == nil {
+				cancel()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	_, err := Run(ctx, "touch "+started+"; sleep 300", time.Hour, nil)
 	if !errors.Is(err, context.Canceled) {
 		t.Fatalf("want cancellation, got %v", err)
 	}

@@ -116,9 +116,13 @@ func TreeOf(n *client.Node) *backends.Tree {
 // describe turns a client error into one that names the endpoints tried, so
 // "connection refused" is never reported without saying to where.
 func (c *Client) describe(err error, what string) error {
+	return describe(c.endpoints, what, err)
+}
+
+func describe(endpoints []string, what string, err error) error {
 	var cerr *client.ClusterError
 	if errors.As(err, &cerr) {
-		return &UnreachableError{Endpoints: c.endpoints, Op: what, Err: err}
+		return &UnreachableError{Endpoints: endpoints, Op: what, Err: err}
 	}
 	return fmt.Errorf("etcd %s: %w", what, err)
 }
@@ -215,18 +219,7 @@ func (p *Poller) Poll(ctx context.Context, waitIndex uint64, maxWait time.Durati
 		}
 		return PollResult{}, nil
 	}
-	return PollResult{}, p.describe(err)
-}
-
-func (p *Poller) describe(err error) error {
-	if IsHistoryCleared(err) {
-		return fmt.Errorf("watch %s: %w", p.root, err)
-	}
-	var cerr *client.ClusterError
-	if errors.As(err, &cerr) {
-		return &UnreachableError{Endpoints: p.endpoints, Op: "watch " + p.root, Err: err}
-	}
-	return fmt.Errorf("watch %s: %w", p.root, err)
+	return PollResult{}, describe(p.endpoints, "watch "+p.root, err)
 }
 
 // tap is the transport under the v2 client. It records the cluster ID of

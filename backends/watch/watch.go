@@ -17,6 +17,7 @@ import (
 	"errors"
 	"log/slog"
 	"math/rand/v2"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -216,7 +217,7 @@ func (w *Watcher) Status() []RootStatus {
 	for _, l := range loops {
 		out = append(out, l.getStatus())
 	}
-	sortStatus(out)
+	sort.Slice(out, func(i, j int) bool { return out[i].Root < out[j].Root })
 	return out
 }
 
@@ -231,14 +232,6 @@ func (w *Watcher) Snapshots() map[string]*backends.Snapshot {
 		}
 	}
 	return out
-}
-
-func sortStatus(s []RootStatus) {
-	for i := 1; i < len(s); i++ {
-		for j := i; j > 0 && s[j].Root < s[j-1].Root; j-- {
-			s[j], s[j-1] = s[j-1], s[j]
-		}
-	}
 }
 
 // rootLoop keeps one root current.

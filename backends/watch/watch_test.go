@@ -195,6 +195,45 @@ func TestQuietRootNeverFallsOutOfHistory(t *testing.T) {
 	}
 }
 
+// When the endpoint the watch uses dies, the watch moves to the next one
+// and misses nothing.
+func TestWatchFailsOverToTheNextEndpoint(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/app/k", "1")
+	a, b := etcdtest.NewProxy(t, srv.URL()), etcdtest.NewProxy(t, srv.URL())
+	c, err := etcd.New(context.Background(), etcd.Config{Endpoints: []string{a.URL(), b.URL()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := newRecorder()
+	w := New(Config{Source: c, OnUpdate: rec.OnUpdate, MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond})
+	ctx, cancel := context.WithCancel(context.Background())
+	t.Cleanup(func() { cancel(); w.Wait(); c.Close() })
+	w.Start(ctx, []string{"/app"}, nil)
+	get := func() string {
+		if s := w.Snapshots()["/app"]; s != nil {
+			v, _ := s.Tree.Get("/app/k")
+			return v
+		}
+		return ""
+	}
+	testutil.Eventually(t, "initial snapshot", func() bool { return get() == "1" })
+	// The client picks its endpoint at random; cut the one in use.
+	var used *etcdtest.Proxy
+	testutil.Eventually(t, "a watch on an endpoint", func() bool {
+		for _, p := range []*etcdtest.Proxy{a, b} {
+			if p.OpenWatches() == 1 {
+				used = p
+			}
+		}
+		return used != nil
+	})
+	used.SetDown(true)
+	used.CloseClientConnections()
+	srv.Set(t, "/app/k", "2")
+	testutil.Eventually(t, "the change through the second endpoint", func() bool { return get() == "2" })
+}
+
 func TestRidesOutAnEtcdRestart(t *testing.T) {
 	srv := etcdtest.New(t)
 	srv.Set(t, "/app/k", "1")

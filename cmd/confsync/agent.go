@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/agent"
-	"github.com/confsync/confsync/backends/watch"
 )
 
 // agentFlags are the render flags plus the daemon's own.
@@ -114,7 +113,6 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		Grace:          f.grace,
 		DataFiles:      f.dataFiles(),
 		Options:        agent.Options{Noop: f.noop, SyncOnly: f.syncOnly, KeepStageFile: f.keepStageFile, Diff: stdout, Logger: logger},
-		Watch:          watch.Config{},
 	})
 	if err != nil {
 		return usageError(stderr, "agent", err)

@@ -92,78 +92,23 @@ func extraCommands() []command {
 
 func mirrorCommand() command {
 	return command{
-		name:    "mirror",
-		summary: "replicate a prefix from the master etcd into the replica (etcdmirror-compatible)",
-		synopsis: `confsync mirror [flags] SRC DST
-confsync mirror verify [flags] SRC DST
-confsync mirror set-index [flags] SRC DST`,
-		description: `Replicates --src-prefix of the source cluster (SRC: one or more etcd URLs,
-comma-separated) into --dst-prefix of the destination (DST), with the flags,
-index key (/__replication/<dst prefix> on DST, /__replication/__ROOT__ for /)
-and metric names of Wikimedia's etcdmirror, so a site switches by replacing
-the binary.
-
-Every v2 action is replicated (set, create, update, compareAndSwap, delete,
-compareAndDelete, expire, directories), with conditional writes: a
-destination that does not hold what the source's event says it held stops
-replication with exit status 1 and a message naming the key, the expected
-and found values, the index and the remedy. A replayed event whose result
-is already on the destination counts as applied, so a kill -9 never forces
-a reload. When the source's history no longer covers the next index (etcd
-error 401), or with --reload, the mirror resynchronises without erasing
-anything: it diffs the trees and writes only the differences. A quiet
-prefix keeps its index current, so activity elsewhere in the source never
-pushes it out of etcd's 1000-event history. Unreachable or failing clusters
-are retried with backoff, never a reason to exit.
-
-verify compares the two trees: exit 0 when equal, 1 with the differences
-listed. set-index (the switchover step) verifies, then records the source's
-current index on DST so that replication can start there.
-
-HTTP on --port: /lag (an integer), /metrics (etcdmirror_lag,
-etcdmirror_replicated_events_total, etcdmirror_write_latency and
-confsync_mirror_*), /healthz (fails when progress stalls), /status (JSON).
-
-Exit status: 0 on SIGTERM, 1 on divergence or refusal, 2 on usage errors.`,
-		run:   mirror.Main,
-		flags: mirror.FlagSet,
+		name:        "mirror",
+		summary:     "replicate a prefix from the master etcd into the replica (etcdmirror-compatible)",
+		synopsis:    mirror.Synopsis,
+		description: mirror.Description,
+		run:         mirror.Main,
+		flags:       mirror.FlagSet,
 	}
 }
 
 func gateCommand() command {
 	return command{
-		name:     "gate",
-		summary:  "TLS, basic auth, per-prefix write ACLs and a read-only switch in front of etcd",
-		synopsis: `confsync gate -listen HOST:PORT -upstream URL [-tls-cert F -tls-key F] [-htpasswd F] [-acl F] [-read-only-file F] [-read-only]`,
-		description: `A reverse proxy for etcd's client port, replacing the site's nginx TLS and
-auth proxy. Reads (GET, HEAD, OPTIONS) need no credentials. A write needs
-the credentials of a user allowed on the longest ACL prefix covering its
-key, on whole path segments (/conftool never covers /conftoolfoo), decided
-on the path exactly as etcd will interpret it; /v2/auth/*, /v2/members and
-the v3 gateway (/v3/...) are writable by admins only. Refused writes get
-etcd-shaped JSON: 401 with errorCode 110, or 403 with errorCode 107 in
-read-only mode.
-
-Read-only mode flips when -read-only-file appears or disappears, or on
-SIGHUP, within a second and without dropping open watches; htpasswd, ACL
-and certificate files reload the same way (a broken new file keeps the old
-one). Watches stream unbuffered, with headers flushed at once; HTTP/1.0
-clients such as pybal get close-delimited bodies.
-
-The ACL file is TOML:
-
-    admins = ["root"]      # the only users who may write /v2/auth/* and /v2/members
-    [[acl]]
-    prefix = "/"
-    users = ["root"]
-    [[acl]]
-    prefix = "/conftool"
-    users = ["root", "conftool"]
-    [[acl]]
-    prefix = "/eventlogging"
-    anonymous = true       # writes need no credentials`,
-		run:   gate.Main,
-		flags: gate.FlagSet,
+		name:        "gate",
+		summary:     "TLS, basic auth, per-prefix write ACLs and a read-only switch in front of etcd",
+		synopsis:    gate.Synopsis,
+		description: gate.Description,
+		run:         gate.Main,
+		flags:       gate.FlagSet,
 	}
 }
 

@@ -108,10 +108,11 @@ func renderOnce(ctx context.Context, r *renderFlags, stdout, stderr io.Writer) i
 		return renderTemplate(ctx, r, src, stdout, stderr)
 	}
 
-	if _, err := agent.ResourceFiles(r.confDir); err != nil {
+	confdir, err := agent.LoadConfdir(agent.LoadOptions{ConfDir: r.confDir, Prefix: r.prefix, DestRoot: r.destRoot})
+	if err != nil {
 		return usageError(stderr, "render", err)
 	}
-	resources, loadErrs := agent.LoadAll(agent.LoadOptions{ConfDir: r.confDir, Prefix: r.prefix, DestRoot: r.destRoot})
+	resources, loadErrs := confdir.List(), confdir.ErrorList()
 	for _, err := range loadErrs {
 		logger.Error("resource not loaded", "err", err)
 	}

@@ -336,7 +336,6 @@ func (d *demo) startAgent() error {
 		StateDir:    filepath.Join(d.work, "agent-state"),
 		CacheSource: "etcd:" + d.gateURL,
 		RetryMax:    2 * time.Second,
-		Options:     agent.Options{SyncOnly: false},
 	})
 	if err != nil {
 		src.Close()
