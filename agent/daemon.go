@@ -177,7 +177,9 @@ func (a *Agent) Run(ctx context.Context) error {
 
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
-	a.watcher.Start(watchCtx, a.roots(), a.loadCache())
+	if err := a.watcher.Start(watchCtx, a.roots(), a.loadCache()); err != nil {
+		return err
+	}
 	// Resources with no keys need no data; the others wait in process()
 	// until their roots have some.
 	a.mu.Lock()
@@ -559,32 +561,33 @@ func every(ctx context.Context, period time.Duration, f func()) {
 	}
 }
 
-// loadCache reads the persisted snapshots, warning about a cache that
-// cannot be used.
-func (a *Agent) loadCache() map[string]*backends.Snapshot {
+// loadCache reads the persisted copy, warning about a cache that cannot be
+// used or that lacks some roots.
+func (a *Agent) loadCache() *watch.Copy {
 	if a.cache == nil {
 		return nil
 	}
-	roots := a.roots()
-	snaps, err := a.cache.Load(roots)
+	cached, err := a.cache.Load()
 	if err != nil {
 		a.logger.Warn("last-known-good cache not used", "err", err)
 		return nil
 	}
+	if cached == nil {
+		return nil
+	}
+	a.logger.Info("loaded last-known-good cache", "path", a.cache.Path, "prefix", cached.Space.Prefix(),
+		"keys", cached.Space.Len(), "etcd_index", cached.Space.Index())
 	var missing []string
-	for _, r := range roots {
-		if snaps[r] == nil {
+	for _, r := range a.roots() {
+		if !cached.Space.Covers(r) {
 			missing = append(missing, r)
 		}
 	}
-	if len(snaps) > 0 {
-		a.logger.Info("loaded last-known-good cache", "path", a.cache.Path, "roots", len(snaps))
-	}
-	if len(missing) > 0 && len(snaps) > 0 {
-		// The set of roots changed since the cache was written.
+	if len(missing) > 0 {
+		// The resources changed since the cache was written.
 		a.logger.Warn("the cache lacks some roots; their resources wait for etcd", "roots", missing)
 	}
-	return snaps
+	return cached
 }
 
 // saveCache writes the cache if the data changed since the last save; it
@@ -600,9 +603,7 @@ func (a *Agent) saveCache() {
 	if !dirty {
 		return
 	}
-	// Roots not yet re-read since start still hold their cached snapshot,
-	// so saving every snapshot keeps them.
-	if err := a.cache.Save(a.watcher.Snapshots()); err != nil {
+	if err := a.cache.Save(a.watcher.Copy()); err != nil {
 		a.logger.Error("saving last-known-good cache failed", "err", err)
 		a.mu.Lock()
 		a.cacheDirty = true

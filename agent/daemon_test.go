@@ -120,7 +120,7 @@ func TestRendersAndFollowsChanges(t *testing.T) {
 
 // The number of long polls to etcd is the number of roots, not of
 // resources, and an event re-renders only the resources it concerns.
-func TestOneWatchPerRootAndOnlyAffectedResourcesRender(t *testing.T) {
+func TestOneWatchForAllRootsAndOnlyAffectedResourcesRender(t *testing.T) {
 	srv := etcdtest.New(t)
 	for i := 0; i < 10; i++ {
 		srv.Set(t, fmt.Sprintf("/site/pools/p%d/h", i), "x")
@@ -135,10 +135,13 @@ func TestOneWatchPerRootAndOnlyAffectedResourcesRender(t *testing.T) {
 	cfg := agentConfig(t, dir, "", proxy.URL())
 	cfg.Load.Prefix = ""
 	// Three resources per pool; the resources' keys cover the pools, so
-	// the roots are the ten pools.
+	// the roots are the ten pools, all followed by one watch of /site/pools.
 	a := startAgent(t, cfg)
 	testutil.Eventually(t, "all rendered", func() bool { return a.Status().Ready })
-	testutil.Eventually(t, "ten watches", func() bool { return proxy.OpenWatches() == 10 })
+	testutil.Eventually(t, "one watch", func() bool { return proxy.OpenWatches() == 1 })
+	if st := a.Status(); len(st.Roots) != 10 || st.Watch.Prefix != "/site/pools" {
+		t.Fatalf("%d roots, watch on %q; want 10 roots under one watch of /site/pools", len(st.Roots), st.Watch.Prefix)
+	}
 	proxy.Reset()
 	before := map[string]int{}
 	for _, r := range a.Status().Resources {
@@ -156,8 +159,8 @@ func TestOneWatchPerRootAndOnlyAffectedResourcesRender(t *testing.T) {
 			t.Errorf("%s rendered %d more times", r.Name, grew)
 		}
 	}
-	if n := proxy.MaxOpenWatches(); n > 10 {
-		t.Errorf("%d long polls at once for 10 roots", n)
+	if n := proxy.MaxOpenWatches(); n > 1 {
+		t.Errorf("%d watches at once for 10 roots", n)
 	}
 	if n := proxy.Count(func(r etcdtest.Request) bool { return !r.Watch() }); n != 0 {
 		t.Errorf("%d reads besides the watches after an event", n)
@@ -405,7 +408,7 @@ func TestHotReloadAddsResourcesAndRoots(t *testing.T) {
 	testutil.Eventually(t, "the edited template", fileIs(out+"/other", "x=y"))
 	// SIGHUP's path, without a file change, is harmless.
 	a.Reload()
-	if n := len(a.watcher.Status()); n != 2 {
+	if n := len(a.watcher.Roots()); n != 2 {
 		t.Fatalf("%d roots watched, want 2", n)
 	}
 }

@@ -2,10 +2,14 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"path/filepath"
 	"sort"
 	"strings"
 	"time"
+
+	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/backends/watch"
 )
 
 // loadResources loads conf.d and installs the result. A file that does not
@@ -17,6 +21,9 @@ import (
 func (a *Agent) loadResources() error {
 	c, err := LoadConfdir(a.cfg.Load)
 	if err != nil {
+		return err
+	}
+	if err := a.checkRoots(c); err != nil {
 		return err
 	}
 	for _, f := range c.Files {
@@ -48,8 +55,9 @@ func (a *Agent) loadResources() error {
 	a.mu.Unlock()
 
 	if watching {
-		roots := a.roots()
-		a.watcher.SetRoots(roots, a.loadCache())
+		if err := a.watcher.SetRoots(a.roots(), a.loadCache()); err != nil {
+			return err // checkRoots let through what SetRoots refuses: a bug
+		}
 		a.mu.Lock()
 		for _, st := range a.resources {
 			a.enqueue(st.group)
@@ -106,4 +114,25 @@ func (a *Agent) Reload() {
 func (a *Agent) watchConfdir(ctx context.Context) {
 	dirs := []string{filepath.Join(a.cfg.Load.ConfDir, "conf.d"), filepath.Join(a.cfg.Load.ConfDir, "templates")}
 	watchPaths(ctx, a.logger, dirs, 250*time.Millisecond, a.Reload)
+}
+
+// checkRoots refuses a confdir whose keys one watch cannot follow (see
+// watch.PrefixFor), naming the resource that reads the first such key.
+func (a *Agent) checkRoots(c *Confdir) error {
+	var keys []string
+	for _, r := range c.Resources {
+		keys = append(keys, r.PrefixedKeys...)
+	}
+	prefix := a.cfg.Watch.Prefix
+	if prefix == "" {
+		prefix = watch.CommonAncestor(backends.MinimalRoots(keys))
+	}
+	for _, f := range c.Files {
+		if r, ok := c.Resources[f]; ok {
+			if _, err := watch.PrefixFor(prefix, r.PrefixedKeys); err != nil {
+				return fmt.Errorf("%s: %w", f, err)
+			}
+		}
+	}
+	return nil
 }

@@ -22,6 +22,7 @@ type metrics struct {
 	fetchErrors    *prometheus.CounterVec
 
 	healthy, errorTime, lastSuccess, dataAge, index, backendUp, ready, failedFiles *prometheus.Desc
+	watchInfo, watchConnected, watchIndex, watchAge                                *prometheus.Desc
 }
 
 func newMetrics(reg *prometheus.Registry, a *Agent) *metrics {
@@ -37,12 +38,12 @@ func newMetrics(reg *prometheus.Registry, a *Agent) *metrics {
 			Help:    "Time to render, compare and (when changed) write and check one resource.",
 			Buckets: prometheus.ExponentialBuckets(0.0001, 4, 10)}),
 		resyncs: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "confsync_resyncs_total",
-			Help: "Full re-reads of a root, by reason (periodic, history-cleared, index-went-backwards, cluster-id-changed, requested)."},
+			Help: "Full re-reads of the watched prefix (label root), by reason (periodic, history-cleared, index-went-backwards, cluster-id-changed, requested)."},
 			[]string{"root", "reason"}),
 		watchRestarts: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "confsync_watch_restarts_total",
-			Help: "Long polls of a root that ended in an error."}, []string{"root"}),
+			Help: "Watch requests of the watched prefix (label root) that ended in an error."}, []string{"root"}),
 		fetchErrors: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "confsync_fetch_errors_total",
-			Help: "Failed reads of a root."}, []string{"root"}),
+			Help: "Failed reads of the watched prefix (label root)."}, []string{"root"}),
 		healthy: prometheus.NewDesc("confd_resource_healthy",
 			"1 when the resource's last attempt succeeded (confd's name, kept for existing alerts).", []string{"name"}, nil),
 		errorTime: prometheus.NewDesc("confd_resource_error_timestamp_seconds",
@@ -59,6 +60,15 @@ func newMetrics(reg *prometheus.Registry, a *Agent) *metrics {
 			"1 when every resource has been rendered at least once.", nil, nil),
 		failedFiles: prometheus.NewDesc("confsync_resource_files_failed",
 			"Resource files that do not load.", nil, nil),
+		watchInfo: prometheus.NewDesc("confsync_watch_info",
+			"The one watch every root is cut from: its prefix, the endpoint in use and its mode (stream, long-poll or interval).",
+			[]string{"prefix", "endpoint", "mode"}, nil),
+		watchConnected: prometheus.NewDesc("confsync_watch_connected",
+			"1 while the watch's last request to etcd succeeded.", nil, nil),
+		watchIndex: prometheus.NewDesc("confsync_watch_index",
+			"The etcd index the watched prefix is current to.", nil, nil),
+		watchAge: prometheus.NewDesc("confsync_watch_data_age_seconds",
+			"How old the watched data may be: 0 while etcd answers, else time since it last did; -1 when never.", nil, nil),
 	}
 	reg.MustRegister(m.renders, m.writes, m.errors, m.renderDuration, m.resyncs, m.watchRestarts, m.fetchErrors, m,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
@@ -79,7 +89,8 @@ func (m *metrics) FetchError(root string, _ error) {
 
 // Describe and Collect make metrics a collector of the computed gauges.
 func (m *metrics) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{m.healthy, m.errorTime, m.lastSuccess, m.dataAge, m.index, m.backendUp, m.ready, m.failedFiles} {
+	for _, d := range []*prometheus.Desc{m.healthy, m.errorTime, m.lastSuccess, m.dataAge, m.index, m.backendUp, m.ready,
+		m.failedFiles, m.watchInfo, m.watchConnected, m.watchIndex, m.watchAge} {
 		ch <- d
 	}
 }
@@ -109,6 +120,11 @@ func (m *metrics) Collect(ch chan<- prometheus.Metric) {
 		gauge(m.dataAge, r.AgeSeconds, r.Root)
 		gauge(m.index, float64(r.Index), r.Root)
 	}
+	w := s.Watch
+	gauge(m.watchInfo, 1, w.Prefix, w.Endpoint, w.Mode)
+	gauge(m.watchConnected, boolValue(w.Connected))
+	gauge(m.watchIndex, float64(w.Index))
+	gauge(m.watchAge, w.AgeSeconds)
 	gauge(m.backendUp, boolValue(s.BackendUp))
 	gauge(m.ready, boolValue(s.Ready))
 	gauge(m.failedFiles, float64(len(s.FailedFiles)))

@@ -13,9 +13,9 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/agent/command"
-	"github.com/confsync/confsync/agent/fileout"
 	"github.com/confsync/confsync/agent/tmpl"
 	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/internal/fileout"
 	"github.com/confsync/confsync/internal/udiff"
 )
 

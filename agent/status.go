@@ -14,9 +14,11 @@ import (
 // Status is the agent's state as /status reports it and `confsync check`
 // reads it.
 type Status struct {
-	Started   time.Time        `json:"started"`
-	Ready     bool             `json:"ready"`
-	BackendUp bool             `json:"backend_up"`
+	Started   time.Time `json:"started"`
+	Ready     bool      `json:"ready"`
+	BackendUp bool      `json:"backend_up"`
+	// Watch is the one watch every root is cut from.
+	Watch     WatchStatus      `json:"watch"`
 	Roots     []RootStatus     `json:"roots"`
 	Resources []ResourceStatus `json:"resources"`
 	// FailedFiles are resource files that do not load and have no earlier
@@ -24,7 +26,15 @@ type Status struct {
 	FailedFiles []FileError `json:"failed_files,omitempty"`
 }
 
-// RootStatus is one watched root.
+// WatchStatus is the one watch: its prefix, endpoint, mode (stream,
+// long-poll or interval), index and connection.
+type WatchStatus struct {
+	watch.Status
+	// AgeSeconds is how old the data may be, as for a root.
+	AgeSeconds float64 `json:"age_seconds"`
+}
+
+// RootStatus is one root the resources read.
 type RootStatus struct {
 	watch.RootStatus
 	// AgeSeconds is how old the data may be: 0 while connected, else the
@@ -63,8 +73,10 @@ type FileError struct {
 // Status reports the agent's state now.
 func (a *Agent) Status() Status {
 	now := time.Now()
-	s := Status{Started: a.started, BackendUp: true}
-	for _, r := range a.watcher.Status() {
+	w := a.watcher.Status()
+	s := Status{Started: a.started, BackendUp: w.Connected && !w.FromCache,
+		Watch: WatchStatus{Status: w, AgeSeconds: w.Age(now).Seconds()}}
+	for _, r := range a.watcher.Roots() {
 		s.Roots = append(s.Roots, RootStatus{RootStatus: r, AgeSeconds: r.Age(now).Seconds()})
 		if !r.Connected {
 			s.BackendUp = false

@@ -10,12 +10,17 @@ import (
 	"sort"
 	"time"
 
-	"github.com/confsync/confsync/agent/fileout"
 	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/keyspace"
+	"github.com/confsync/confsync/internal/fileout"
 )
 
-// Cache persists the last-known-good snapshot of every root, so that a
-// process started while etcd is down still has data to serve.
+// Cache persists the last-known-good copy of the watched prefix, so that a
+// process started while etcd is down still has data to serve. The file
+// holds the prefix's nodes as etcd's recursive GET shows them (indexes and
+// expirations included), which is what a relay needs to answer as etcd
+// would.
 type Cache struct {
 	// Path is the cache file, e.g. /var/lib/confsync/cache.json.
 	Path string
@@ -24,13 +29,22 @@ type Cache struct {
 	Source string
 }
 
-const cacheFormat = 1
+// cacheFormat 2 holds one prefix with etcd's node metadata. Format 1 (one
+// map of bare values per root, written by confsync before the single
+// watch) is still read, and replaced by format 2 at the next save.
+const cacheFormat = 2
 
 type cacheFile struct {
-	Format  int                   `json:"format"`
-	Source  string                `json:"source"`
-	SavedAt time.Time             `json:"saved_at"`
-	Roots   map[string]cachedRoot `json:"roots"`
+	Format    int        `json:"format"`
+	Source    string     `json:"source"`
+	SavedAt   time.Time  `json:"saved_at"`
+	Prefix    string     `json:"prefix,omitempty"`
+	Index     uint64     `json:"etcd_index,omitempty"`
+	ClusterID string     `json:"cluster_id,omitempty"`
+	FetchedAt time.Time  `json:"fetched_at,omitzero"`
+	Node      *etcd.Node `json:"node,omitempty"`
+	// Roots is format 1.
+	Roots map[string]cachedRoot `json:"roots,omitempty"`
 }
 
 type cachedRoot struct {
@@ -40,12 +54,10 @@ type cachedRoot struct {
 	Values    map[string]string `json:"values"`
 }
 
-// Load returns the cached snapshots of the wanted roots. Roots the cache
-// does not hold are simply absent. A missing cache is not an error; a
-// corrupt one, or one written for another source, is an error the caller
-// should log and then carry on without a cache. Entries whose keys do not
-// lie under their root are rejected the same way.
-func (c *Cache) Load(roots []string) (map[string]*backends.Snapshot, error) {
+// Load returns the cached copy. A missing cache is (nil, nil); a corrupt
+// one, or one written for another source, is an error the caller should
+// log and then carry on without a cache.
+func (c *Cache) Load() (*Copy, error) {
 	raw, err := os.ReadFile(c.Path)
 	if errors.Is(err, fs.ErrNotExist) {
 		return nil, nil
@@ -57,56 +69,92 @@ func (c *Cache) Load(roots []string) (map[string]*backends.Snapshot, error) {
 	if err := json.Unmarshal(raw, &f); err != nil {
 		return nil, fmt.Errorf("cache %s is corrupt (%v); ignoring it", c.Path, err)
 	}
-	if f.Format != cacheFormat {
-		return nil, fmt.Errorf("cache %s has format %d, want %d; ignoring it", c.Path, f.Format, cacheFormat)
-	}
 	if f.Source != c.Source {
 		return nil, fmt.Errorf("cache %s was written for %q, not %q; ignoring it", c.Path, f.Source, c.Source)
 	}
-	out := map[string]*backends.Snapshot{}
-	for _, root := range roots {
-		entry, ok := f.Roots[root]
-		if !ok {
-			continue
+	switch f.Format {
+	case 1:
+		return c.migrate(f.Roots)
+	case cacheFormat:
+		return c.load(&f)
+	}
+	return nil, fmt.Errorf("cache %s has format %d, this confsync reads 1 and %d; ignoring it", c.Path, f.Format, cacheFormat)
+}
+
+func (c *Cache) load(f *cacheFile) (*Copy, error) {
+	if f.Prefix == "" || f.Prefix != backends.CleanKey(f.Prefix) {
+		return nil, fmt.Errorf("cache %s: prefix %q is not a clean absolute key; ignoring the cache", c.Path, f.Prefix)
+	}
+	if err := checkNodes(f.Node, f.Prefix); err != nil {
+		return nil, fmt.Errorf("cache %s: %v; ignoring the cache", c.Path, err)
+	}
+	return &Copy{Space: keyspace.FromWire(f.Prefix, f.Node, f.Index), ClusterID: f.ClusterID,
+		FetchedAt: f.FetchedAt, FromCache: true}, nil
+}
+
+// checkNodes rejects a node tree whose keys do not nest under prefix.
+func checkNodes(n *etcd.Node, prefix string) error {
+	if n == nil {
+		return nil
+	}
+	key := backends.CleanKey(n.Key)
+	if n.Key != "" && !backends.Covers(prefix, key) {
+		return fmt.Errorf("key %s lies outside %s", n.Key, prefix)
+	}
+	for _, child := range n.Nodes {
+		if err := checkNodes(child, key); err != nil {
+			return err
 		}
-		var b backends.Builder
+		if backends.CleanKey(child.Key) == key {
+			return fmt.Errorf("node %s lists itself as a child", key)
+		}
+	}
+	return nil
+}
+
+// migrate reads a format 1 cache: every root's values, without etcd's
+// node metadata (indexes become the root's index). Only the cached roots
+// are covered: a root that was not cached must wait for etcd rather than
+// look empty.
+func (c *Cache) migrate(roots map[string]cachedRoot) (*Copy, error) {
+	if len(roots) == 0 {
+		return nil, nil
+	}
+	names := make([]string, 0, len(roots))
+	for r := range roots {
+		names = append(names, r)
+	}
+	sort.Strings(names)
+	if len(backends.MinimalRoots(names)) != len(names) {
+		return nil, fmt.Errorf("cache %s: nested roots in a format 1 cache; ignoring it", c.Path)
+	}
+	var b backends.Builder
+	out := Copy{FromCache: true, only: names}
+	index := ^uint64(0)
+	for _, r := range names {
+		entry := roots[r]
 		for k, v := range entry.Values {
-			if !backends.Covers(root, k) {
-				return nil, fmt.Errorf("cache %s: key %s lies outside its root %s; ignoring the cache", c.Path, k, root)
+			if !backends.Covers(r, k) {
+				return nil, fmt.Errorf("cache %s: key %s lies outside its root %s; ignoring the cache", c.Path, k, r)
 			}
 			b.Set(k, v)
 		}
-		out[root] = &backends.Snapshot{Root: root, Tree: b.Tree(), Index: entry.Index,
-			ClusterID: entry.ClusterID, FetchedAt: entry.FetchedAt}
+		index = min(index, entry.Index)
+		out.ClusterID, out.FetchedAt = entry.ClusterID, entry.FetchedAt
 	}
-	return out, nil
+	out.Space = keyspace.FromLeaves(CommonAncestor(names), b.Tree(), index)
+	return &out, nil
 }
 
-// Roots lists the roots a cache file holds, for status and messages.
-func (c *Cache) Roots() []string {
-	raw, err := os.ReadFile(c.Path)
-	if err != nil {
+// Save writes the copy atomically: a reader (or a crash) sees the old cache
+// or the new one, never a mix.
+func (c *Cache) Save(cp Copy) error {
+	if cp.Space == nil {
 		return nil
 	}
-	var f cacheFile
-	if json.Unmarshal(raw, &f) != nil {
-		return nil
-	}
-	roots := make([]string, 0, len(f.Roots))
-	for r := range f.Roots {
-		roots = append(roots, r)
-	}
-	sort.Strings(roots)
-	return roots
-}
-
-// Save writes snapshots atomically: a reader (or a crash) sees the old
-// cache or the new one, never a mix.
-func (c *Cache) Save(snaps map[string]*backends.Snapshot) error {
-	f := cacheFile{Format: cacheFormat, Source: c.Source, SavedAt: time.Now().UTC(), Roots: map[string]cachedRoot{}}
-	for root, s := range snaps {
-		f.Roots[root] = cachedRoot{Index: s.Index, ClusterID: s.ClusterID, FetchedAt: s.FetchedAt.UTC(), Values: s.Tree.Leaves(root)}
-	}
+	f := cacheFile{Format: cacheFormat, Source: c.Source, SavedAt: time.Now().UTC(), Prefix: cp.Space.Prefix(),
+		Index: cp.Space.Index(), ClusterID: cp.ClusterID, FetchedAt: cp.FetchedAt.UTC(),
+		Node: cp.Space.ToWire(cp.Space.Prefix(), true, time.Now())}
 	raw, err := json.Marshal(f)
 	if err != nil {
 		return err
@@ -114,20 +162,5 @@ func (c *Cache) Save(snaps map[string]*backends.Snapshot) error {
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o750); err != nil {
 		return fmt.Errorf("cache directory: %w", err)
 	}
-	fileout.RemoveStale(c.Path)
-	plan, err := fileout.Inspect(fileout.Spec{Dest: c.Path, Content: raw, Mode: 0o600, UID: -1, GID: -1})
-	if err != nil {
-		return fmt.Errorf("save cache: %w", err)
-	}
-	if !plan.Changed() {
-		return nil
-	}
-	staged, err := fileout.Stage(plan)
-	if err != nil {
-		return fmt.Errorf("save cache: %w", err)
-	}
-	if err := staged.Commit(); err != nil {
-		return fmt.Errorf("save cache: %w", err)
-	}
-	return nil
+	return fileout.WriteFile(c.Path, raw, 0o600)
 }

@@ -1,22 +1,24 @@
-// Package watch keeps an in-memory tree of each watched root current, with
-// the list-watch-resync shape of Kubernetes' reflector: one recursive GET
-// per root (a snapshot at its X-Etcd-Index), then one recursive long poll at
-// a time from index+1, shared by everyone interested in that root.
+// Package watch keeps every root an agent reads current from one watch: a
+// single list-watch of the roots' longest common ancestor (or of a chosen
+// prefix), whose events are routed in memory into one tree per root. A
+// host therefore holds one connection and one etcd watcher however many
+// roots its resources read, and an event no root reads costs a tree update
+// in memory, never a render.
 //
-// It never misses an update: each poll resumes at the last index + 1; an
-// empty answer is retried; etcd's error 401 (history cleared), an index that
-// goes backwards or a changed cluster ID trigger a re-read of the root and a
-// diff against what was known; a quiet root's resume index follows the
-// cluster (see etcd.PollResult.QuietThrough) so it stays inside etcd's
-// 1000-event history; and a periodic full resync catches anything else.
-// Without etcd, or in interval mode, each root is re-read on a timer.
+// The copy of the watched prefix (a keyspace.Space, with etcd's indexes)
+// is also what the last-known-good cache saves and what a relay serves.
+//
+// Nothing is missed: see etcd.Feed for how the watch resumes, re-reads
+// after etcd's error 401, a changed cluster or a member that is behind, and
+// never goes back in time. Sources that cannot be watched (files, the
+// environment), and any source in interval mode, are re-read on a timer.
 package watch
 
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
-	"math/rand/v2"
 	"sort"
 	"strings"
 	"sync"
@@ -24,7 +26,8 @@ import (
 
 	"github.com/confsync/confsync/backends"
 	"github.com/confsync/confsync/backends/etcd"
-	client "go.etcd.io/etcd/client/v2"
+	"github.com/confsync/confsync/backends/keyspace"
+	"github.com/confsync/confsync/internal/retry"
 )
 
 // Update reports a new snapshot of a root.
@@ -35,39 +38,59 @@ type Update struct {
 	// snapshot of this root. It is nil for the first snapshot, when every
 	// key counts as new.
 	Changed []string
-	// Reason says why: initial, event, resync, cache.
+	// Reason says why: initial, event, cache, or the reason of a re-read
+	// (history-cleared, periodic, requested, ...).
 	Reason string
 }
 
 // Config describes a Watcher.
 type Config struct {
-	// Source reads roots. When it is an *etcd.Client and Interval is 0, the
-	// roots are watched; otherwise they are re-read every Interval.
+	// Source reads roots. A source that can be followed (etcd) is watched
+	// unless Interval is set; any other is re-read every Interval (or
+	// ResyncInterval).
 	Source backends.Source
+	// Prefix is the key watched; "" means the roots' longest common
+	// ancestor. It must cover every root (see PrefixFor).
+	Prefix string
 	// Interval, when positive, selects interval mode.
 	Interval time.Duration
 	// ResyncInterval is the period of full re-reads in watch mode
 	// (default 10m; negative disables).
 	ResyncInterval time.Duration
-	// PollTimeout bounds one long poll (default 10s; each poll gets up to
-	// 20% jitter so many watchers do not reconnect in lockstep).
+	// PollTimeout bounds one long poll, and a silent stream is registered
+	// again after it (default 10s).
 	PollTimeout time.Duration
 	// MinBackoff and MaxBackoff bound the retry delay after a failure
-	// (defaults 500ms and 30s); delays double with jitter.
+	// (defaults 500ms and 30s).
 	MinBackoff, MaxBackoff time.Duration
-	// OnUpdate receives every new snapshot. It is called from the roots'
-	// goroutines, one call at a time per root, and must not block long.
+	// NoStream keeps the watch to long polls.
+	NoStream bool
+	// OnUpdate receives every new snapshot of a root. Calls come one at a
+	// time, from the watch's goroutine, and must not block long.
 	OnUpdate func(Update)
-	// Observer, if set, hears about resyncs, restarts and errors (metrics).
+	// Listener, if set, hears every change of the copy of the prefix.
+	Listener Listener
+	// Observer, if set, hears about re-reads and errors (metrics).
 	Observer Observer
 	Logger   *slog.Logger
 }
 
-// Observer is told what the watcher does, for metrics.
+// Observer is told what the watch does, for metrics.
 type Observer interface {
-	Resync(root, reason string)
-	WatchRestart(root string, err error)
-	FetchError(root string, err error)
+	Resync(prefix, reason string)
+	WatchRestart(prefix string, err error)
+	FetchError(prefix string, err error)
+}
+
+// Listener hears every change of the copy of the watched prefix, in order,
+// from the watch's goroutine: a relay serves it.
+type Listener interface {
+	// Reset installs a whole new copy (a full read, or the cache at start).
+	Reset(s *keyspace.Space, reason string)
+	// Event is a change under the prefix; s is the copy after it.
+	Event(s *keyspace.Space, ev *etcd.Event)
+	// Progress says nothing under the prefix changed up to s.Index().
+	Progress(s *keyspace.Space)
 }
 
 type nopObserver struct{}
@@ -88,41 +111,85 @@ type RootStatus struct {
 	LastError string    `json:"last_error,omitempty"`
 }
 
-// Age is how old the data may be: zero while the root is connected and
-// current, else the time since it last was.
+// Age is how old the data may be: zero while connected and current, else
+// the time since it last was; -1 when it never was.
 func (s RootStatus) Age(now time.Time) time.Duration {
-	if s.Connected || s.LastSync.IsZero() {
-		if s.LastSync.IsZero() && !s.Connected {
-			return -1
-		}
+	switch {
+	case s.Connected:
 		return 0
+	case s.LastSync.IsZero():
+		return -1
 	}
 	return now.Sub(s.LastSync)
 }
 
-// Watcher runs one loop per root.
+// Status is the one watch.
+type Status struct {
+	etcd.FeedStatus
+	// Keys is the number of values held under the prefix.
+	Keys int `json:"keys"`
+	// FromCache is true until the first read of etcd replaces the cache.
+	FromCache bool `json:"from_cache"`
+	// LastSync is when the data was last known current.
+	LastSync time.Time `json:"last_sync"`
+}
+
+// Age is how old the watch's data may be, as RootStatus.Age.
+func (s Status) Age(now time.Time) time.Duration {
+	return RootStatus{Connected: s.Connected, LastSync: s.LastSync}.Age(now)
+}
+
+// Copy is the data of the watched prefix at one moment.
+type Copy struct {
+	Space     *keyspace.Space
+	ClusterID string
+	// FetchedAt is when the data was last known current.
+	FetchedAt time.Time
+	// FromCache is true for data loaded from the cache.
+	FromCache bool
+	// only, when set, limits the copy to these roots: a format 1 cache
+	// knew its roots, not the keys between them.
+	only []string
+}
+
+// covers reports whether the copy holds root's data.
+func (c *Copy) covers(root string) bool {
+	if c == nil || c.Space == nil || !c.Space.Covers(root) {
+		return false
+	}
+	if c.only == nil {
+		return true
+	}
+	for _, r := range c.only {
+		if backends.Covers(r, root) {
+			return true
+		}
+	}
+	return false
+}
+
+// Watcher keeps every root current from one watch.
 type Watcher struct {
 	cfg    Config
-	mu     sync.Mutex
-	roots  map[string]*rootLoop
+	logger *slog.Logger
 	ctx    context.Context
 	wg     sync.WaitGroup
-	logger *slog.Logger
+
+	mu       sync.Mutex
+	roots    []string
+	trees    map[string]*backends.Tree // by root; absent until the root has data
+	copy     Copy                      // Space is nil until there is data
+	prefix   string
+	follower etcd.Follower
+	stop     context.CancelFunc
+	done     chan struct{}
+	gen      int // bumped at each new follower, so a stopped one cannot write
 }
 
 // New prepares a watcher; Start launches it.
 func New(cfg Config) *Watcher {
 	if cfg.ResyncInterval == 0 {
 		cfg.ResyncInterval = 10 * time.Minute
-	}
-	if cfg.PollTimeout == 0 {
-		cfg.PollTimeout = 10 * time.Second
-	}
-	if cfg.MinBackoff == 0 {
-		cfg.MinBackoff = 500 * time.Millisecond
-	}
-	if cfg.MaxBackoff == 0 {
-		cfg.MaxBackoff = 30 * time.Second
 	}
 	if cfg.Observer == nil {
 		cfg.Observer = nopObserver{}
@@ -134,365 +201,50 @@ func New(cfg Config) *Watcher {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	return &Watcher{cfg: cfg, roots: map[string]*rootLoop{}, logger: logger}
+	return &Watcher{cfg: cfg, trees: map[string]*backends.Tree{}, logger: logger}
 }
 
-// Start runs the watcher until ctx is done. Seed, when not nil, gives
-// snapshots to start from (a persisted cache): they are published at once,
-// and each root's first read replaces them.
-func (w *Watcher) Start(ctx context.Context, roots []string, seed map[string]*backends.Snapshot) {
-	w.mu.Lock()
-	w.ctx = ctx
-	w.mu.Unlock()
-	w.SetRoots(roots, seed)
-}
-
-// SetRoots changes the set of watched roots: loops for roots no longer
-// wanted stop, new ones start, and the others carry on undisturbed. A new
-// root with a seed snapshot starts from it (and reports it with reason
-// "cache") until its first read replaces it.
-func (w *Watcher) SetRoots(roots []string, seed map[string]*backends.Snapshot) {
-	var seeded []Update
-	w.mu.Lock()
-	want := map[string]bool{}
+// PrefixFor is the key one watch must follow to see every root: the
+// configured prefix, which must cover them all, or else their longest
+// common ancestor by whole path segments. A root below a hidden segment
+// (one starting with _) cannot be watched that way: etcd leaves hidden
+// nodes out of recursive reads and watches of their ancestors.
+func PrefixFor(configured string, roots []string) (string, error) {
+	prefix := backends.CleanKey(configured)
+	if configured == "" {
+		prefix = CommonAncestor(roots)
+	}
 	for _, r := range roots {
-		want[r] = true
-	}
-	for root, l := range w.roots {
-		if !want[root] {
-			l.cancel()
-			delete(w.roots, root)
+		if !backends.Covers(prefix, r) {
+			return "", fmt.Errorf("the watch prefix %s does not cover %s, which a resource reads; give a prefix above every key read, or none", prefix, r)
+		}
+		if keyspaceHidden(prefix, r) {
+			return "", fmt.Errorf("%s lies under a hidden key (a segment starting with _): etcd leaves it out of a recursive watch of %s, so one watch cannot follow it", r, prefix)
 		}
 	}
-	for _, root := range roots {
-		if _, ok := w.roots[root]; ok {
-			continue
-		}
-		ctx, cancel := context.WithCancel(w.ctx)
-		l := &rootLoop{w: w, root: root, cancel: cancel, resyncNow: make(chan struct{}, 1)}
-		l.status.Root = root
-		if snap := seed[root]; snap != nil {
-			l.snap = snap
-			l.status.FromCache, l.status.LastSync = true, snap.FetchedAt
-			seeded = append(seeded, Update{Root: root, Snapshot: snap, Reason: "cache"})
-		}
-		w.roots[root] = l
-		w.wg.Add(1)
-		go func() {
-			defer w.wg.Done()
-			l.run(ctx)
-		}()
-	}
-	w.mu.Unlock()
-	// Outside the lock: the listener may call back into the watcher.
-	for _, u := range seeded {
-		w.cfg.OnUpdate(u)
-	}
+	return prefix, nil
 }
 
-// Wait blocks until every loop has stopped (after ctx is done).
-func (w *Watcher) Wait() { w.wg.Wait() }
-
-// Resync asks every root to re-read at once, as SIGHUP or an operator would.
-func (w *Watcher) Resync() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	for _, l := range w.roots {
-		select {
-		case l.resyncNow <- struct{}{}:
-		default:
+// CommonAncestor is the longest key, by whole path segments, that covers
+// every root; "/" when there are none.
+func CommonAncestor(roots []string) string {
+	if len(roots) == 0 {
+		return "/"
+	}
+	common := backends.Segments(roots[0])
+	for _, r := range roots[1:] {
+		segs := backends.Segments(r)
+		n := 0
+		for n < len(common) && n < len(segs) && common[n] == segs[n] {
+			n++
 		}
+		common = common[:n]
 	}
+	return backends.CleanKey(strings.Join(common, "/"))
 }
 
-// Status reports every root, sorted by root.
-func (w *Watcher) Status() []RootStatus {
-	w.mu.Lock()
-	loops := make([]*rootLoop, 0, len(w.roots))
-	for _, l := range w.roots {
-		loops = append(loops, l)
-	}
-	w.mu.Unlock()
-	out := make([]RootStatus, 0, len(loops))
-	for _, l := range loops {
-		out = append(out, l.getStatus())
-	}
-	sort.Slice(out, func(i, j int) bool { return out[i].Root < out[j].Root })
-	return out
-}
-
-// Snapshots returns the current snapshot of every root that has one.
-func (w *Watcher) Snapshots() map[string]*backends.Snapshot {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	out := map[string]*backends.Snapshot{}
-	for root, l := range w.roots {
-		if s := l.current(); s != nil {
-			out[root] = s
-		}
-	}
-	return out
-}
-
-// rootLoop keeps one root current.
-type rootLoop struct {
-	w         *Watcher
-	root      string
-	cancel    context.CancelFunc
-	resyncNow chan struct{}
-
-	mu     sync.Mutex
-	snap   *backends.Snapshot
-	status RootStatus
-}
-
-func (l *rootLoop) current() *backends.Snapshot {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.snap
-}
-
-func (l *rootLoop) getStatus() RootStatus {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	s := l.status
-	if l.snap != nil {
-		s.Index, s.ClusterID, s.Keys = l.snap.Index, l.snap.ClusterID, l.snap.Tree.Len()
-	}
-	return s
-}
-
-func (l *rootLoop) setStatus(f func(*RootStatus)) {
-	l.mu.Lock()
-	f(&l.status)
-	l.mu.Unlock()
-}
-
-// publish installs snap and tells the listener what changed. changed nil
-// with a previous snapshot means "diff them".
-func (l *rootLoop) publish(snap *backends.Snapshot, changed []string, reason string) {
-	l.mu.Lock()
-	prev := l.snap
-	l.snap = snap
-	l.mu.Unlock()
-	if prev != nil && changed == nil {
-		changed = []string{}
-		backends.Diff(prev.Tree, snap.Tree, func(k string) { changed = append(changed, k) })
-		if len(changed) == 0 {
-			return
-		}
-	}
-	l.w.cfg.OnUpdate(Update{Root: l.root, Snapshot: snap, Changed: changed, Reason: reason})
-}
-
-func (l *rootLoop) run(ctx context.Context) {
-	c, isEtcd := l.w.cfg.Source.(*etcd.Client)
-	if !isEtcd || l.w.cfg.Interval > 0 {
-		l.runInterval(ctx)
-		return
-	}
-	l.runWatch(ctx, c)
-}
-
-// list reads the whole root until it succeeds or ctx ends.
-func (l *rootLoop) list(ctx context.Context, reason string) (*backends.Snapshot, bool) {
-	b := l.newBackoff()
-	for {
-		snap, err := l.w.cfg.Source.Fetch(ctx, l.root)
-		if err == nil {
-			l.setStatus(func(s *RootStatus) {
-				s.Connected, s.FromCache, s.LastSync, s.LastError = true, false, time.Now(), ""
-			})
-			l.publish(snap, nil, reason)
-			return snap, true
-		}
-		if ctx.Err() != nil {
-			return nil, false
-		}
-		l.failed(err)
-		l.w.cfg.Observer.FetchError(l.root, err)
-		if !b.wait(ctx) {
-			return nil, false
-		}
-	}
-}
-
-func (l *rootLoop) failed(err error) {
-	l.w.logger.Warn("etcd read failed; keeping last known data", "root", l.root, "err", err)
-	l.setStatus(func(s *RootStatus) { s.Connected, s.LastError = false, err.Error() })
-}
-
-func (l *rootLoop) runInterval(ctx context.Context) {
-	interval := l.w.cfg.Interval
-	if interval <= 0 {
-		interval = l.w.cfg.ResyncInterval
-	}
-	for {
-		if _, ok := l.list(ctx, "resync"); !ok {
-			return
-		}
-		select {
-		case <-ctx.Done():
-			return
-		case <-time.After(interval):
-		case <-l.resyncNow:
-		}
-	}
-}
-
-func (l *rootLoop) runWatch(ctx context.Context, c *etcd.Client) {
-	poller, err := c.NewPoller(l.root)
-	if err != nil {
-		l.failed(err)
-		return
-	}
-	reason := "initial"
-	for ctx.Err() == nil {
-		snap, ok := l.list(ctx, reason)
-		if !ok {
-			return
-		}
-		if reason != "initial" {
-			l.w.cfg.Observer.Resync(l.root, reason)
-		}
-		reason = l.follow(ctx, poller, snap)
-		l.w.logger.Info("re-reading root", "root", l.root, "reason", reason)
-	}
-}
-
-// Reasons that end following and trigger a re-read of the root.
-var (
-	errPeriodic  = errors.New("periodic")
-	errRequested = errors.New("requested")
-)
-
-// follow applies events from snap's index on, until something calls for a
-// full re-read; it returns why.
-func (l *rootLoop) follow(ctx context.Context, p *etcd.Poller, snap *backends.Snapshot) string {
-	fctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	go l.interrupt(fctx, cancel)
-	next := snap.Index + 1
-	tree := snap.Tree
-	b := l.newBackoff()
-	for {
-		res, err := p.Poll(fctx, next, l.pollTimeout())
-		switch {
-		case ctx.Err() != nil:
-			return "stopped"
-		case fctx.Err() != nil:
-			return context.Cause(fctx).Error()
-		case etcd.IsHistoryCleared(err):
-			l.w.cfg.Observer.WatchRestart(l.root, err)
-			return "history-cleared"
-		case err != nil:
-			l.failed(err)
-			l.w.cfg.Observer.WatchRestart(l.root, err)
-			if !b.wait(fctx) {
-				if ctx.Err() != nil {
-					return "stopped"
-				}
-				return context.Cause(fctx).Error()
-			}
-			continue
-		}
-		b.reset()
-		l.setStatus(func(s *RootStatus) { s.Connected, s.LastSync, s.LastError = true, time.Now(), "" })
-		if res.Event == nil {
-			if res.QuietThrough != 0 {
-				if res.QuietThrough+1 < next {
-					return "index-went-backwards"
-				}
-				next = res.QuietThrough + 1
-				l.advanceIndex(res.QuietThrough)
-			}
-			continue
-		}
-		ev := res.Event
-		if id := ev.ClusterID; id != "" && snap.ClusterID != "" && id != snap.ClusterID {
-			return "cluster-id-changed"
-		}
-		if ev.Node.ModifiedIndex+1 < next {
-			return "index-went-backwards"
-		}
-		next = ev.Node.ModifiedIndex + 1
-		newTree, relevant := applyEvent(tree, l.root, ev)
-		if !relevant {
-			l.advanceIndex(ev.Node.ModifiedIndex)
-			continue
-		}
-		tree = newTree
-		snap = &backends.Snapshot{Root: l.root, Tree: tree, Index: ev.Node.ModifiedIndex,
-			ClusterID: snap.ClusterID, FetchedAt: time.Now()}
-		l.publish(snap, nil, "event")
-	}
-}
-
-// interrupt cancels a follow when the periodic resync is due or a resync
-// is requested.
-func (l *rootLoop) interrupt(ctx context.Context, cancel context.CancelCauseFunc) {
-	var periodic <-chan time.Time
-	if l.w.cfg.ResyncInterval > 0 {
-		t := time.NewTimer(jitter(l.w.cfg.ResyncInterval, 0.1))
-		defer t.Stop()
-		periodic = t.C
-	}
-	select {
-	case <-ctx.Done():
-	case <-periodic:
-		cancel(errPeriodic)
-	case <-l.resyncNow:
-		cancel(errRequested)
-	}
-}
-
-// advanceIndex records a newer index for a root whose data did not change.
-func (l *rootLoop) advanceIndex(index uint64) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if l.snap != nil && index > l.snap.Index {
-		s := *l.snap
-		s.Index = index
-		l.snap = &s
-	}
-}
-
-// applyEvent folds one v2 event into tree. It reports false for events
-// that do not touch the root's visible keys: siblings that leak from
-// etcd's history scan (a delete of /conf reaches a watcher of /conftool),
-// hidden keys (a segment starting with _, which GET never lists), and
-// directory-only changes.
-func applyEvent(tree *backends.Tree, root string, ev *client.Response) (*backends.Tree, bool) {
-	key := backends.CleanKey(ev.Node.Key)
-	switch {
-	case backends.Covers(root, key):
-		if hidden(strings.TrimPrefix(key, root)) {
-			return tree, false
-		}
-	case backends.Covers(key, root):
-		// An ancestor of the root went away, and the root with it.
-		if isDelete(ev.Action) {
-			return &backends.Tree{}, tree.Len() > 0
-		}
-		return tree, false
-	default:
-		return tree, false
-	}
-	if isDelete(ev.Action) {
-		return tree.Delete(key), true
-	}
-	if ev.Node.Dir {
-		return tree, false
-	}
-	return tree.Set(key, ev.Node.Value), true
-}
-
-func isDelete(action string) bool {
-	return action == "delete" || action == "compareAndDelete" || action == "expire"
-}
-
-func hidden(path string) bool {
-	for _, seg := range backends.Segments(path) {
+func keyspaceHidden(prefix, key string) bool {
+	for _, seg := range backends.Segments(strings.TrimPrefix(key, prefix)) {
 		if strings.HasPrefix(seg, "_") {
 			return true
 		}
@@ -500,38 +252,389 @@ func hidden(path string) bool {
 	return false
 }
 
-func (l *rootLoop) pollTimeout() time.Duration { return jitter(l.w.cfg.PollTimeout, 0.2) }
-
-// jitter returns d plus up to frac*d, at random.
-func jitter(d time.Duration, frac float64) time.Duration {
-	return d + time.Duration(rand.Float64()*frac*float64(d))
+// Start runs the watcher until ctx is done. Seed, when not nil, is data to
+// start from (the cache): roots it covers are published at once with
+// reason "cache", and the first read of the source replaces it.
+func (w *Watcher) Start(ctx context.Context, roots []string, seed *Copy) error {
+	w.mu.Lock()
+	w.ctx = ctx
+	w.mu.Unlock()
+	return w.SetRoots(roots, seed)
 }
 
-// backoff is a capped exponential delay with jitter.
-type backoff struct {
-	min, max, cur time.Duration
-}
-
-func (l *rootLoop) newBackoff() *backoff {
-	return &backoff{min: l.w.cfg.MinBackoff, max: l.w.cfg.MaxBackoff}
-}
-
-func (b *backoff) reset() { b.cur = 0 }
-
-// wait sleeps for the next delay; false means ctx ended first.
-func (b *backoff) wait(ctx context.Context) bool {
-	if b.cur == 0 {
-		b.cur = b.min
-	} else if b.cur *= 2; b.cur > b.max {
-		b.cur = b.max
+// SetRoots changes the set of roots. Roots that stay keep their data; new
+// roots inside the watched prefix are cut from the copy at once; the watch
+// moves only when the prefix it must follow changes.
+func (w *Watcher) SetRoots(roots []string, seed *Copy) error {
+	roots = backends.MinimalRoots(roots)
+	prefix, err := PrefixFor(w.cfg.Prefix, roots)
+	if err != nil {
+		return err
 	}
-	d := b.cur/2 + time.Duration(rand.Int64N(int64(b.cur/2)+1))
-	t := time.NewTimer(d)
-	defer t.Stop()
-	select {
-	case <-ctx.Done():
-		return false
-	case <-t.C:
+	w.mu.Lock()
+	w.roots = roots
+	updates := w.adoptRoots(seed)
+	if w.copy.Space == nil && seed != nil && seed.only == nil && seed.Space != nil && seed.Space.Prefix() == prefix {
+		w.copy = *seed
+	}
+	restart := prefix != w.prefix || w.follower == nil
+	oldStop, oldDone := w.stop, w.done
+	w.mu.Unlock()
+	w.publish(updates)
+	if restart {
+		if oldStop != nil {
+			oldStop()
+			<-oldDone
+		}
+		w.follow(prefix)
+	}
+	return nil
+}
+
+// adoptRoots drops trees of roots no longer wanted and gives new roots their
+// data from the live copy or else the seed. Caller holds w.mu.
+func (w *Watcher) adoptRoots(seed *Copy) []Update {
+	want := map[string]bool{}
+	for _, r := range w.roots {
+		want[r] = true
+	}
+	for r := range w.trees {
+		if !want[r] {
+			delete(w.trees, r)
+		}
+	}
+	var updates []Update
+	for _, r := range w.roots {
+		if _, ok := w.trees[r]; ok {
+			continue
+		}
+		src, reason := w.copy, "initial"
+		if src.FromCache {
+			reason = "cache"
+		}
+		if !src.covers(r) {
+			if !seed.covers(r) {
+				continue
+			}
+			src, reason = *seed, "cache"
+		}
+		w.trees[r] = cut(src.Space, r)
+		updates = append(updates, Update{Root: r, Snapshot: w.snapshotOf(r, src), Reason: reason})
+	}
+	return updates
+}
+
+// follow starts the follower of prefix.
+func (w *Watcher) follow(prefix string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.gen++
+	w.prefix = prefix
+	ctx, cancel := context.WithCancel(w.ctx)
+	w.stop, w.done = cancel, make(chan struct{})
+	h := &handler{w: w, gen: w.gen, prefix: prefix}
+	w.follower = w.newFollower(prefix, h)
+	f, done := w.follower, w.done
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		defer close(done)
+		f.Run(ctx, h)
+	}()
+}
+
+// followable is a source that can be watched: etcd's v2 client, and its
+// counterpart for the v3 API.
+type followable interface {
+	Follow(etcd.FeedConfig) etcd.Follower
+}
+
+func (w *Watcher) newFollower(prefix string, h *handler) etcd.Follower {
+	if src, ok := w.cfg.Source.(followable); ok {
+		return src.Follow(etcd.FeedConfig{
+			Prefix: prefix, Interval: w.cfg.Interval, ResyncInterval: w.cfg.ResyncInterval,
+			PollTimeout: w.cfg.PollTimeout, MinBackoff: w.cfg.MinBackoff, MaxBackoff: w.cfg.MaxBackoff,
+			NoStream: w.cfg.NoStream, Observer: feedObserver{w.cfg.Observer, prefix}, Logger: w.logger,
+		})
+	}
+	interval := w.cfg.Interval
+	if interval <= 0 {
+		interval = w.cfg.ResyncInterval
+	}
+	return &fetcher{src: w.cfg.Source, prefix: prefix, interval: interval, install: h.install,
+		backoff: w.backoff(), observer: w.cfg.Observer, logger: w.logger, resync: make(chan struct{}, 1)}
+}
+
+func (w *Watcher) backoff() *retry.Backoff {
+	min, max := w.cfg.MinBackoff, w.cfg.MaxBackoff
+	if min <= 0 {
+		min = 500 * time.Millisecond
+	}
+	if max <= 0 {
+		max = 30 * time.Second
+	}
+	return &retry.Backoff{Min: min, Max: max}
+}
+
+// feedObserver passes a feed's news on with the prefix.
+type feedObserver struct {
+	o      Observer
+	prefix string
+}
+
+func (f feedObserver) Resync(reason string)  { f.o.Resync(f.prefix, reason) }
+func (f feedObserver) WatchError(err error) { f.o.WatchRestart(f.prefix, err) }
+func (f feedObserver) ReadError(err error)  { f.o.FetchError(f.prefix, err) }
+
+// Wait blocks until the watch has stopped (after ctx is done).
+func (w *Watcher) Wait() { w.wg.Wait() }
+
+// Resync asks for a full re-read at once, as SIGHUP or an operator would.
+func (w *Watcher) Resync() {
+	w.mu.Lock()
+	f := w.follower
+	w.mu.Unlock()
+	if f != nil {
+		f.Resync()
+	}
+}
+
+// Copy is the data of the watched prefix now; Space is nil before any.
+func (w *Watcher) Copy() Copy {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	c := w.copy
+	if !c.FromCache {
+		if last := w.lastContact(); last.After(c.FetchedAt) {
+			c.FetchedAt = last
+		}
+	}
+	return c
+}
+
+// Status reports the watch.
+func (w *Watcher) Status() Status {
+	w.mu.Lock()
+	f, c := w.follower, w.copy
+	w.mu.Unlock()
+	var s Status
+	if f != nil {
+		s.FeedStatus = f.Status()
+	}
+	s.FromCache, s.LastSync = c.FromCache, c.FetchedAt
+	if s.LastContact.After(s.LastSync) && !c.FromCache {
+		s.LastSync = s.LastContact
+	}
+	if c.Space != nil {
+		s.Keys = c.Space.Len()
+		if s.Index < c.Space.Index() {
+			s.Index = c.Space.Index()
+		}
+		if s.ClusterID == "" {
+			s.ClusterID = c.ClusterID
+		}
+	}
+	if f == nil || s.FeedStatus.Prefix == "" {
+		s.Prefix = w.prefixNow()
+	}
+	return s
+}
+
+func (w *Watcher) prefixNow() string {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	return w.prefix
+}
+
+// lastContact is when the source last answered. Caller holds w.mu.
+func (w *Watcher) lastContact() time.Time {
+	if w.follower == nil {
+		return time.Time{}
+	}
+	return w.follower.Status().LastContact
+}
+
+// Roots reports every root, sorted.
+func (w *Watcher) Roots() []RootStatus {
+	st := w.Status()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make([]RootStatus, 0, len(w.roots))
+	for _, r := range w.roots {
+		rs := RootStatus{Root: r, Connected: st.Connected && !st.FromCache, FromCache: st.FromCache,
+			LastError: st.LastError}
+		if t, ok := w.trees[r]; ok {
+			rs.Index, rs.ClusterID, rs.Keys, rs.LastSync = st.Index, st.ClusterID, t.Len(), st.LastSync
+		} else {
+			rs.Connected = false
+		}
+		out = append(out, rs)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Root < out[j].Root })
+	return out
+}
+
+// Snapshots returns the current snapshot of every root that has data.
+func (w *Watcher) Snapshots() map[string]*backends.Snapshot {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	out := make(map[string]*backends.Snapshot, len(w.trees))
+	for r := range w.trees {
+		out[r] = w.snapshotOf(r, w.copy)
+	}
+	return out
+}
+
+// snapshotOf is root's snapshot from c. Caller holds w.mu.
+func (w *Watcher) snapshotOf(root string, c Copy) *backends.Snapshot {
+	s := &backends.Snapshot{Root: root, Tree: w.trees[root], ClusterID: c.ClusterID, FetchedAt: c.FetchedAt}
+	if c.Space != nil {
+		s.Index = c.Space.Index()
+	}
+	return s
+}
+
+func (w *Watcher) publish(updates []Update) {
+	for _, u := range updates {
+		w.cfg.OnUpdate(u)
+	}
+}
+
+// cut is the tree of root's values in s.
+func cut(s *keyspace.Space, root string) *backends.Tree {
+	var b backends.Builder
+	s.WalkLeaves(root, func(k, v string) bool {
+		b.Set(k, v)
 		return true
+	})
+	return b.Tree()
+}
+
+// handler applies one follower's news to the watcher. A follower that has
+// been replaced may still be delivering; gen makes it a no-op.
+type handler struct {
+	w      *Watcher
+	gen    int
+	prefix string
+}
+
+var errStale = errors.New("stale follower")
+
+// lock takes w.mu for a current follower.
+func (h *handler) lock() error {
+	h.w.mu.Lock()
+	if h.gen != h.w.gen {
+		h.w.mu.Unlock()
+		return errStale
 	}
+	return nil
+}
+
+func (h *handler) Reset(l *etcd.Listing, reason string) {
+	h.install(keyspace.FromWire(h.prefix, l.Node, l.Index), l.ClusterID, reason)
+}
+
+// install replaces the copy with s and publishes every root that changed.
+func (h *handler) install(s *keyspace.Space, clusterID, reason string) {
+	if h.lock() != nil {
+		return
+	}
+	w := h.w
+	w.copy = Copy{Space: s, ClusterID: clusterID, FetchedAt: time.Now()}
+	var updates []Update
+	for _, r := range w.roots {
+		old, had := w.trees[r]
+		tree := cut(s, r)
+		w.trees[r] = tree
+		u := Update{Root: r, Snapshot: w.snapshotOf(r, w.copy), Reason: reason}
+		if had {
+			u.Changed = []string{}
+			backends.Diff(old, tree, func(k string) { u.Changed = append(u.Changed, k) })
+			if len(u.Changed) == 0 {
+				continue
+			}
+		}
+		updates = append(updates, u)
+	}
+	w.mu.Unlock()
+	if l := w.cfg.Listener; l != nil {
+		l.Reset(s, reason)
+	}
+	w.publish(updates)
+}
+
+func (h *handler) Apply(ev *etcd.Event) {
+	if h.lock() != nil {
+		return
+	}
+	w := h.w
+	old := w.copy.Space
+	relevant := old.Relevant(ev)
+	s := old.Apply(ev)
+	w.copy.Space, w.copy.FetchedAt, w.copy.FromCache = s, time.Now(), false
+	var updates []Update
+	if relevant {
+		for _, r := range w.roots {
+			before := w.trees[r]
+			after := applyToRoot(before, r, ev)
+			if after == before {
+				continue
+			}
+			u := Update{Root: r, Reason: "event", Changed: []string{}}
+			backends.Diff(before, after, func(k string) { u.Changed = append(u.Changed, k) })
+			if len(u.Changed) == 0 {
+				continue
+			}
+			w.trees[r] = after
+			u.Snapshot = w.snapshotOf(r, w.copy)
+			updates = append(updates, u)
+		}
+	}
+	w.mu.Unlock()
+	if l := w.cfg.Listener; l != nil {
+		if relevant {
+			l.Event(s, ev)
+		} else {
+			l.Progress(s)
+		}
+	}
+	w.publish(updates)
+}
+
+func (h *handler) Progress(index uint64) {
+	if h.lock() != nil {
+		return
+	}
+	w := h.w
+	s := w.copy.Space.WithIndex(index)
+	w.copy.Space, w.copy.FetchedAt = s, time.Now()
+	w.mu.Unlock()
+	if l := w.cfg.Listener; l != nil {
+		l.Progress(s)
+	}
+}
+
+// applyToRoot is root's tree after ev, the same tree when ev does not
+// change root's values.
+func applyToRoot(tree *backends.Tree, root string, ev *etcd.Event) *backends.Tree {
+	if tree == nil {
+		return nil // the root has no data yet; its first read brings it
+	}
+	key := ev.Key()
+	switch {
+	case backends.Covers(root, key):
+		if ev.IsDelete() {
+			return tree.Delete(key)
+		}
+		if ev.Node.Dir || ev.Node.Value == nil {
+			return tree // a directory's own change: no value moves
+		}
+		if v, ok := tree.Get(key); ok && v == *ev.Node.Value {
+			return tree
+		}
+		return tree.Set(key, *ev.Node.Value)
+	case backends.Covers(key, root) && ev.IsDelete() && tree.Len() > 0:
+		return &backends.Tree{}
+	}
+	return tree
 }

@@ -11,9 +11,9 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confsync/confsync/backends"
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/backends/file"
+	"github.com/confsync/confsync/backends/keyspace"
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testutil"
 )
@@ -242,7 +242,7 @@ func TestRidesOutAnEtcdRestart(t *testing.T) {
 
 	srv.Stop()
 	testutil.Eventually(t, "disconnection to show", func() bool {
-		st := h.w.Status()
+		st := h.w.Roots()
 		return len(st) == 1 && !st[0].Connected && st[0].LastError != ""
 	})
 	if got := h.leaves("/app")["/app/k"]; got != "1" {
@@ -253,7 +253,7 @@ func TestRidesOutAnEtcdRestart(t *testing.T) {
 	}
 	srv.Set(t, "/app/k", "2")
 	testutil.Eventually(t, "the change after restart", func() bool { return h.leaves("/app")["/app/k"] == "2" })
-	testutil.Eventually(t, "reconnection", func() bool { return h.w.Status()[0].Connected })
+	testutil.Eventually(t, "reconnection", func() bool { return h.w.Roots()[0].Connected })
 }
 
 // When the endpoint starts answering for a different cluster (a rebuilt
@@ -329,55 +329,107 @@ func TestIntervalModeWithFileBackend(t *testing.T) {
 	testutil.Eventually(t, "the edit", func() bool { return get() == "two" })
 }
 
-func TestSetRootsKeepsUntouchedLoops(t *testing.T) {
+// A root added inside the watched prefix is cut from the copy at once,
+// without a read; one outside it moves the watch to a wider prefix.
+func TestSetRootsMovesTheWatchOnlyWhenThePrefixChanges(t *testing.T) {
 	srv := etcdtest.New(t)
-	srv.Set(t, "/a/k", "1")
-	srv.Set(t, "/b/k", "2")
+	srv.Set(t, "/x/a/k", "1")
+	srv.Set(t, "/x/b/k", "2")
+	srv.Set(t, "/y/k", "3")
 	proxy := etcdtest.NewProxy(t, srv.URL())
-	h := start(t, srv, proxy.URL(), []string{"/a"}, nil)
-	testutil.Eventually(t, "root /a", func() bool { return h.leaves("/a") != nil })
-	gets := func(root string) int {
-		return proxy.Count(func(r etcdtest.Request) bool { return !r.Watch() && r.Path == "/v2/keys"+root })
+	h := start(t, srv, proxy.URL(), []string{"/x/a", "/x/b"}, nil)
+	testutil.Eventually(t, "roots /x/a and /x/b", func() bool { return h.leaves("/x/b") != nil && h.leaves("/x/a") != nil })
+	reads := func() int { return proxy.Count(func(r etcdtest.Request) bool { return !r.Watch() }) }
+	if n := reads(); n != 1 {
+		t.Fatalf("%d reads for two roots, want one of their common ancestor", n)
 	}
-	h.w.SetRoots([]string{"/a", "/b"}, nil)
-	testutil.Eventually(t, "root /b", func() bool { return h.leaves("/b")["/b/k"] == "2" })
-	if gets("/a") != 1 {
-		t.Fatalf("/a was re-read %d times when /b was added", gets("/a"))
+	if err := h.w.SetRoots([]string{"/x/a", "/x/b/k"}, nil); err != nil {
+		t.Fatal(err)
 	}
-	h.w.SetRoots([]string{"/b"}, nil)
-	testutil.Eventually(t, "/a to stop", func() bool { return len(h.w.Status()) == 1 })
+	if got := h.leaves("/x/b/k")["/x/b/k"]; got != "2" || reads() != 1 {
+		t.Fatalf("a root inside the prefix: value %q after %d reads, want 2 after 1", got, reads())
+	}
+	if err := h.w.SetRoots([]string{"/x/a", "/y"}, nil); err != nil {
+		t.Fatal(err)
+	}
+	testutil.Eventually(t, "root /y", func() bool { return h.leaves("/y")["/y/k"] == "3" })
+	if st := h.w.Status(); st.Prefix != "/" {
+		t.Fatalf("watch on %s, want /", st.Prefix)
+	}
+	if len(h.w.Roots()) != 2 {
+		t.Fatalf("roots %v", h.w.Roots())
+	}
 }
 
 func TestCacheRoundTripAndRejections(t *testing.T) {
 	dir := t.TempDir()
 	c := &Cache{Path: filepath.Join(dir, "state", "cache.json"), Source: "http://127.0.0.1:2379"}
-	if snaps, err := c.Load([]string{"/a"}); err != nil || snaps != nil {
-		t.Fatalf("missing cache: %v %v", snaps, err)
+	if cp, err := c.Load(); err != nil || cp != nil {
+		t.Fatalf("missing cache: %v %v", cp, err)
 	}
-	tree := (&backends.Tree{}).Set("/a/x", "1").Set("/a/y/z", "2")
+	v := func(s string) *string { return &s }
+	exp := time.Date(2030, 1, 1, 0, 0, 0, 0, time.UTC)
+	space := keyspace.FromWire("/a", &etcd.Node{Key: "/a", Dir: true, CreatedIndex: 3, ModifiedIndex: 3, Nodes: []*etcd.Node{
+		{Key: "/a/x", Value: v("1"), CreatedIndex: 4, ModifiedIndex: 9},
+		{Key: "/a/empty", Dir: true, CreatedIndex: 5, ModifiedIndex: 5},
+		{Key: "/a/y", Dir: true, CreatedIndex: 6, ModifiedIndex: 6, Nodes: []*etcd.Node{
+			{Key: "/a/y/z", Value: v(""), CreatedIndex: 7, ModifiedIndex: 7, Expiration: &exp}}},
+	}}, 42)
 	at := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
-	if err := c.Save(map[string]*backends.Snapshot{"/a": {Root: "/a", Tree: tree, Index: 42, ClusterID: "abc", FetchedAt: at}}); err != nil {
+	if err := c.Save(Copy{Space: space, ClusterID: "abc", FetchedAt: at}); err != nil {
 		t.Fatal(err)
 	}
-	snaps, err := c.Load([]string{"/a", "/b"})
+	got, err := c.Load()
 	if err != nil {
 		t.Fatal(err)
 	}
-	got := snaps["/a"]
-	if got == nil || got.Index != 42 || got.ClusterID != "abc" || !got.FetchedAt.Equal(at) ||
-		!reflect.DeepEqual(got.Tree.Leaves("/"), tree.Leaves("/")) || snaps["/b"] != nil {
-		t.Fatalf("round trip: %+v", snaps)
+	now := time.Now()
+	if got == nil || !got.FromCache || got.ClusterID != "abc" || !got.FetchedAt.Equal(at) || got.Space.Index() != 42 ||
+		!reflect.DeepEqual(got.Space.ToWire("/a", true, now), space.ToWire("/a", true, now)) {
+		t.Fatalf("round trip lost data: %+v", got)
 	}
 	other := &Cache{Path: c.Path, Source: "http://elsewhere:2379"}
-	if _, err := other.Load([]string{"/a"}); err == nil || !strings.Contains(err.Error(), "elsewhere") {
+	if _, err := other.Load(); err == nil || !strings.Contains(err.Error(), "elsewhere") {
 		t.Fatalf("cache of another source accepted: %v", err)
 	}
-	os.WriteFile(c.Path, []byte(`{"format":1,"source":"http://127.0.0.1:2379","roots":{"/a":{"values":{"/b/x":"1"}}}}`), 0o600)
-	if _, err := c.Load([]string{"/a"}); err == nil {
-		t.Fatal("key outside its root accepted")
+	for name, body := range map[string]string{
+		"key outside its root": `{"format":1,"source":"http://127.0.0.1:2379","roots":{"/a":{"values":{"/b/x":"1"}}}}`,
+		"node outside prefix":  `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/b","dir":true}}`,
+		"child outside parent": `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/a","dir":true,"nodes":[{"key":"/a","value":"x"}]}}`,
+		"unclean prefix":       `{"format":2,"source":"http://127.0.0.1:2379","prefix":"a/"}`,
+		"unknown format":       `{"format":7,"source":"http://127.0.0.1:2379"}`,
+		"corrupt":              `{"format":1,"sou`,
+	} {
+		os.WriteFile(c.Path, []byte(body), 0o600)
+		if cp, err := c.Load(); err == nil {
+			t.Errorf("%s: accepted: %+v", name, cp)
+		}
 	}
-	os.WriteFile(c.Path, []byte(`{"format":1,"sou`), 0o600)
-	if _, err := c.Load([]string{"/a"}); err == nil || !strings.Contains(err.Error(), "corrupt") {
-		t.Fatalf("corrupt cache: %v", err)
+}
+
+// A format 1 cache (bare values per root, before the single watch) still
+// starts an agent, and covers only the roots it held.
+func TestCacheFormat1Migrates(t *testing.T) {
+	c := &Cache{Path: filepath.Join(t.TempDir(), "cache.json"), Source: "etcd:http://127.0.0.1:2379"}
+	os.WriteFile(c.Path, []byte(`{"format":1,"source":"etcd:http://127.0.0.1:2379","saved_at":"2026-01-01T00:00:00Z","roots":{
+		"/p/a":{"etcd_index":10,"cluster_id":"cid","fetched_at":"2026-01-01T00:00:00Z","values":{"/p/a/k":"1"}},
+		"/p/b":{"etcd_index":12,"cluster_id":"cid","fetched_at":"2026-01-01T00:00:00Z","values":{"/p/b/x/y":"2"}}}}`), 0o600)
+	cp, err := c.Load()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !cp.covers("/p/a") || !cp.covers("/p/b/x") || cp.covers("/p/c") || cp.covers("/p") {
+		t.Fatalf("format 1 cache covers the wrong roots")
+	}
+	rec := newRecorder()
+	w := New(Config{Source: &file.Source{Paths: []string{filepath.Join(t.TempDir(), "missing.yaml")}}, OnUpdate: rec.OnUpdate})
+	ctx, cancel := context.WithCancel(context.Background())
+	defer func() { cancel(); w.Wait() }()
+	if err := w.Start(ctx, []string{"/p/a", "/p/b", "/p/c"}, cp); err != nil {
+		t.Fatal(err)
+	}
+	snaps := w.Snapshots()
+	if v, _ := snaps["/p/b"].Tree.Get("/p/b/x/y"); v != "2" || snaps["/p/a"] == nil || snaps["/p/c"] != nil {
+		t.Fatalf("started from the format 1 cache with %v", snaps)
 	}
 }

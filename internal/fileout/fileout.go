@@ -264,3 +264,26 @@ func processAlive(pid int) bool {
 	err := syscall.Kill(pid, 0)
 	return err == nil || errors.Is(err, syscall.EPERM)
 }
+
+// WriteFile replaces path with data through the whole pipeline (stage file
+// in the same directory, fsync, mode, rename, directory fsync), after
+// sweeping stage files a killed writer left behind. An unchanged file is
+// not touched. It is the way to save a state file.
+func WriteFile(path string, data []byte, mode fs.FileMode) error {
+	RemoveStale(path)
+	plan, err := Inspect(Spec{Dest: path, Content: data, Mode: mode, UID: -1, GID: -1})
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if !plan.Changed() {
+		return nil
+	}
+	staged, err := Stage(plan)
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := staged.Commit(); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}
