@@ -67,6 +67,14 @@ func (c *Client) Keys() client.KeysAPI { return c.keys }
 // Endpoints are the URLs requests go to.
 func (c *Client) Endpoints() []string { return append([]string(nil), c.endpoints...) }
 
+// Transport is the HTTP transport every request to this cluster shares,
+// with its TLS settings, for callers that speak HTTP to etcd themselves (a
+// relay passing requests through).
+func (c *Client) Transport() *http.Transport { return c.transport }
+
+// BasicAuth is the configured user and password, "" when none.
+func (c *Client) BasicAuth() (user, password string) { return c.cfg.Username, c.cfg.Password }
+
 // ClusterID is the X-Etcd-Cluster-Id of the last response, "" before any.
 func (c *Client) ClusterID() string { return c.tap.clusterID() }
 

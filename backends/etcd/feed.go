@@ -321,11 +321,11 @@ func (f *Feed) read(ctx context.Context, quorum bool) (*Listing, error) {
 	defer resp.Body.Close()
 	l := &Listing{Prefix: f.cfg.Prefix, ClusterID: resp.Header.Get("X-Etcd-Cluster-Id"), At: time.Now()}
 	if resp.StatusCode != http.StatusOK {
-		e := decodeError(resp)
-		if e.Code != client.ErrorCodeKeyNotFound {
-			return nil, describe([]string{ep}, "read "+f.cfg.Prefix, e)
+		err := answerError(resp)
+		if !IsKeyNotFound(err) {
+			return nil, fmt.Errorf("etcd read %s at %s: %w", f.cfg.Prefix, ep, err)
 		}
-		l.Index = e.Index
+		l.Index = err.(client.Error).Index
 	} else {
 		var body struct {
 			Node *Node `json:"node"`
@@ -381,7 +381,6 @@ func (f *Feed) follow(ctx context.Context, h FeedHandler, l *Listing) string {
 	for {
 		var err error
 		if streaming {
-			f.setMode(modeStream)
 			err = f.stream(fctx, h, w)
 			streaming = false
 		} else {
@@ -483,6 +482,8 @@ func (f *Feed) stream(ctx context.Context, h FeedHandler, w *follower) error {
 		return err
 	}
 	defer resp.Body.Close()
+	f.setMode(modeStream)
+	defer f.setMode(modeLongPoll)
 	// No quiet proof here, unlike a long poll: a path that buffers the
 	// stream would hold back an event from history and make a quiet stream
 	// look like proof. A stream that stays silent ends, and the long poll
@@ -633,9 +634,8 @@ func (f *Feed) watch(ctx context.Context, w *follower, stream bool) (*http.Respo
 // a member behind what we have already seen.
 func (f *Feed) checkWatch(resp *http.Response, ep string, w *follower) (uint64, error) {
 	if resp.StatusCode != http.StatusOK {
-		e := decodeError(resp)
-		err := describe([]string{ep}, "watch "+f.cfg.Prefix, e)
-		if e.Code == client.ErrorCodeEventIndexCleared {
+		err := fmt.Errorf("etcd watch %s at %s: %w", f.cfg.Prefix, ep, answerError(resp))
+		if IsHistoryCleared(err) {
 			return 0, &resyncNeeded{reason: "history-cleared", err: err}
 		}
 		return 0, err
@@ -741,13 +741,14 @@ func readEvent(dec *json.Decoder) (*Event, error) {
 	return DecodeEvent(raw)
 }
 
-// decodeError reads etcd's error body; an answer that is not one (a proxy's
-// page) becomes an error that quotes its status.
-func decodeError(resp *http.Response) client.Error {
+// answerError reads an error answer: etcd's error body as a client.Error
+// (so that IsHistoryCleared and IsKeyNotFound work), or, for an answer that
+// is not one (a proxy's page), an error quoting its status and body.
+func answerError(resp *http.Response) error {
 	var e client.Error
 	body, _ := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
 	if json.Unmarshal(body, &e) != nil || e.Code == 0 {
-		return client.Error{Message: fmt.Sprintf("HTTP %s", resp.Status), Cause: string(truncate(body, 200))}
+		return fmt.Errorf("HTTP %s: %q", resp.Status, truncate(body, 200))
 	}
 	return e
 }

@@ -85,8 +85,9 @@ type Observer interface {
 // Listener hears every change of the copy of the watched prefix, in order,
 // from the watch's goroutine: a relay serves it.
 type Listener interface {
-	// Reset installs a whole new copy (a full read, or the cache at start).
-	Reset(s *keyspace.Space, reason string)
+	// Reset installs a whole new copy: a full read, or the cache at start
+	// (reason "cache").
+	Reset(c Copy, reason string)
 	// Event is a change under the prefix; s is the copy after it.
 	Event(s *keyspace.Space, ev *etcd.Event)
 	// Progress says nothing under the prefix changed up to s.Index().
@@ -274,12 +275,16 @@ func (w *Watcher) SetRoots(roots []string, seed *Copy) error {
 	w.mu.Lock()
 	w.roots = roots
 	updates := w.adoptRoots(seed)
-	if w.copy.Space == nil && seed != nil && seed.only == nil && seed.Space != nil && seed.Space.Prefix() == prefix {
+	seeded := w.copy.Space == nil && seed != nil && seed.only == nil && seed.Space != nil && seed.Space.Prefix() == prefix
+	if seeded {
 		w.copy = *seed
 	}
 	restart := prefix != w.prefix || w.follower == nil
 	oldStop, oldDone := w.stop, w.done
 	w.mu.Unlock()
+	if l := w.cfg.Listener; l != nil && seeded {
+		l.Reset(*seed, "cache")
+	}
 	w.publish(updates)
 	if restart {
 		if oldStop != nil {
@@ -541,6 +546,7 @@ func (h *handler) install(s *keyspace.Space, clusterID, reason string) {
 	}
 	w := h.w
 	w.copy = Copy{Space: s, ClusterID: clusterID, FetchedAt: time.Now()}
+	installed := w.copy
 	var updates []Update
 	for _, r := range w.roots {
 		old, had := w.trees[r]
@@ -558,7 +564,7 @@ func (h *handler) install(s *keyspace.Space, clusterID, reason string) {
 	}
 	w.mu.Unlock()
 	if l := w.cfg.Listener; l != nil {
-		l.Reset(s, reason)
+		l.Reset(installed, reason)
 	}
 	w.publish(updates)
 }

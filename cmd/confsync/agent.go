@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/agent"
+	"github.com/confsync/confsync/backends/watch"
 )
 
 // agentFlags are the render flags plus the daemon's own.
@@ -27,6 +28,8 @@ type agentFlags struct {
 	wait           string
 	resyncInterval time.Duration
 	grace          time.Duration
+	watchPrefix    string
+	watchStream    bool
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -35,7 +38,9 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.Lookup("onetime").DefValue = "false"
 	f.onetime = false
 	fs.Lookup("onetime").Usage = "render every resource once and exit, exactly like confsync render"
-	fs.BoolVar(&f.watch, "watch", true, "follow etcd with one long-poll watch per root (the default)")
+	fs.BoolVar(&f.watch, "watch", true, "follow etcd with one watch for every root (the default)")
+	fs.StringVar(&f.watchPrefix, "watch-prefix", "", "the key the one watch follows (default: the longest common ancestor of every key the resources read); must cover them all")
+	fs.BoolVar(&f.watchStream, "watch-stream", true, "stream the watch (stream=true) once etcd is proven to deliver it event by event; false keeps to long polls")
 	fs.IntVar(&f.interval, "interval", 0, "instead of watching, re-read every root every this many seconds")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/confsync", `where the last-known-good cache lives ("" disables it)`)
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "127.0.0.1:9105", `HOST:PORT for /metrics, /healthz, /readyz and /status ("" disables)`)
@@ -64,6 +69,9 @@ func (f *agentFlags) validate(fs *flag.FlagSet) error {
 	}
 	if f.template != "" {
 		return errors.New("-template is for confsync render")
+	}
+	if f.watchPrefix != "" && !strings.HasPrefix(f.watchPrefix, "/") {
+		return fmt.Errorf("-watch-prefix %q: want an absolute key such as /conftool/v1", f.watchPrefix)
 	}
 	_, _, err := agent.ParseWait(f.wait)
 	return err
@@ -112,6 +120,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		CacheSource:    f.cacheSource(),
 		Grace:          f.grace,
 		DataFiles:      f.dataFiles(),
+		Watch:          watch.Config{Prefix: f.watchPrefix, NoStream: !f.watchStream},
 		Options:        agent.Options{Noop: f.noop, SyncOnly: f.syncOnly, KeepStageFile: f.keepStageFile, Diff: stdout, Logger: logger},
 	})
 	if err != nil {

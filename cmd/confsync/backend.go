@@ -70,6 +70,7 @@ var configFileKeys = map[string]string{
 	// confsync's own settings, spelled like the flags.
 	"quorum": "quorum", "keep-stage-file": "keep-stage-file", "state-dir": "state-dir",
 	"metrics-addr": "metrics-addr", "wait": "wait", "resync-interval": "resync-interval",
+	"watch-prefix": "watch-prefix", "watch-stream": "watch-stream",
 }
 
 var unsupportedFileKeys = func() map[string]string {
