@@ -19,6 +19,7 @@ import (
 
 	"github.com/confsync/confsync/agent"
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testpki"
 	"github.com/confsync/confsync/internal/testutil"
 	client "go.etcd.io/etcd/client/v2"
 )
@@ -90,7 +91,7 @@ func startAgentProcess(t *testing.T, args ...string) *runningAgent {
 		a.cmd.Process.Signal(syscall.SIGTERM)
 		a.cmd.Wait()
 		if t.Failed() {
-			t.Logf("agent log:\n%s", tail(a.logs.String()))
+			t.Logf("agent log:\n%s", a.logs.String())
 		}
 	})
 	return a
@@ -227,16 +228,128 @@ func (s *fleetSite) fileHas(name, line string) func() bool {
 // restart of every member, and a forced 401; no update is missed.
 func TestAgentHoldsOneConnectionAndOneWatcher(t *testing.T) {
 	cluster := etcdtest.NewProcessCluster(t, 3)
+	endpoints := cluster.Endpoints()
+	followThroughFaults(t, cluster, endpoints, nil, faults{
+		fail: func(used int) (restore func()) {
+			cluster.Kill(used)
+			return func() { cluster.Start(t, used) }
+		},
+		// The agent is stopped while thousands of big events fill its
+		// stream, so etcd drops the watcher and the index leaves the
+		// history.
+		outage: func(a *runningAgent, write func(n, size int)) {
+			a.cmd.Process.Signal(syscall.SIGSTOP)
+			write(3000, 2048)
+			a.cmd.Process.Signal(syscall.SIGCONT)
+		},
+	})
+}
+
+// The same through two read-only TLS gates, each in front of the whole
+// cluster: the agent holds one connection (to a gate), etcd one watcher,
+// and the agent moves to the other gate when the one it uses dies.
+func TestAgentHoldsOneWatchThroughTheGate(t *testing.T) {
+	cluster := etcdtest.NewProcessCluster(t, 3)
+	pki := testpki.New(t)
+	gates := []*gateProcess{startGate(t, pki, cluster.Endpoints(), ""), nil}
+	gates[1] = startGate(t, pki, cluster.Endpoints(), "")
+	endpoints := []string{gates[0].url, gates[1].url}
+	followThroughFaults(t, cluster, endpoints, []string{"-client-ca-keys", pki.CAFile}, faults{
+		fail: func(used int) (restore func()) {
+			gates[used].stop()
+			return func() { gates[used] = startGate(t, pki, cluster.Endpoints(), gates[used].addr) }
+		},
+		// Both gates are down while more events than etcd's history holds
+		// are written.
+		outage: func(_ *runningAgent, write func(n, size int)) {
+			for _, g := range gates {
+				g.stop()
+			}
+			write(1100, 16)
+			for i, g := range gates {
+				gates[i] = startGate(t, pki, cluster.Endpoints(), g.addr)
+			}
+		},
+	})
+	// A write through a read-only gate is refused.
+	req, _ := http.NewRequest(http.MethodPut, gates[1].url+"/v2/keys"+hostKey(1, 1, 1), strings.NewReader("value=x"))
+	resp, err := (&http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(false)}}).Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	resp.Body.Close()
+	if resp.StatusCode != http.StatusForbidden {
+		t.Fatalf("write through the read-only gate: %s", resp.Status)
+	}
+}
+
+// gateProcess is confsync gate running as its own process.
+type gateProcess struct {
+	cmd       *exec.Cmd
+	addr, url string
+}
+
+func startGate(t *testing.T, pki *testpki.PKI, upstreams []string, addr string) *gateProcess {
+	t.Helper()
+	if addr == "" {
+		addr = freeAddr(t)
+	}
+	g := &gateProcess{addr: addr, url: "https://" + addr}
+	g.cmd = confsyncProcess(t, "gate", "-listen", addr, "-upstream", strings.Join(upstreams, ","),
+		"-tls-cert", pki.ServerCert, "-tls-key", pki.ServerKey, "-read-only", "-access-log", "off", "-log-level", "warn")
+	logs := &testutil.SyncBuffer{}
+	g.cmd.Stderr = logs
+	if err := g.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		g.stop()
+		if t.Failed() {
+			t.Logf("gate %s log:\n%s", addr, tail(logs.String()))
+		}
+	})
+	c := &http.Client{Transport: &http.Transport{TLSClientConfig: pki.ClientTLS(false)}}
+	testutil.Eventually(t, "the gate at "+addr, func() bool {
+		resp, err := c.Get(g.url + "/version")
+		if err == nil {
+			resp.Body.Close()
+		}
+		return err == nil && resp.StatusCode == http.StatusOK
+	})
+	return g
+}
+
+func (g *gateProcess) stop() {
+	if g.cmd.ProcessState == nil {
+		g.cmd.Process.Kill()
+		g.cmd.Wait()
+	}
+}
+
+// faults are what followThroughFaults plays.
+type faults struct {
+	// fail makes the endpoint the agent uses fail and returns how to bring
+	// it back.
+	fail func(used int) (restore func())
+	// outage keeps the agent from etcd while write(n, size) writes n events
+	// of size bytes, enough to leave etcd's history behind.
+	outage func(a *runningAgent, write func(n, size int))
+}
+
+// followThroughFaults runs an agent over the fleet site against
+// endpoints and plays the faults, checking after each that the agent holds
+// one connection and etcd one watcher, and that no update was missed.
+func followThroughFaults(t *testing.T, cluster *etcdtest.ProcessCluster, endpoints, extra []string, f faults) {
 	keys := cluster.Client()
 	seedFleet(t, keys)
 	site := newFleetSite(t)
-	a := startAgentProcess(t, "-confdir", site.dir, "-node", strings.Join(cluster.Endpoints(), ","))
+	a := startAgentProcess(t, append([]string{"-confdir", site.dir, "-node", strings.Join(endpoints, ",")}, extra...)...)
 	testutil.Eventually(t, "every resource rendered", func() bool { return a.status(t).Ready })
 	st := a.status(t)
 	if len(st.Roots) <= 100 || st.Watch.Prefix != poolsPrefix {
 		t.Fatalf("%d roots, watch on %q; want more than 100 roots under one watch of %s", len(st.Roots), st.Watch.Prefix, poolsPrefix)
 	}
-	conns := sampleConns(t, a.cmd.Process.Pid, hostsOf(cluster.Endpoints()))
+	conns := sampleConns(t, a.cmd.Process.Pid, hostsOf(endpoints))
 	oneWatcher(t, cluster, "after start")
 
 	change := func(c, s, h int, v string) {
@@ -245,25 +358,26 @@ func TestAgentHoldsOneConnectionAndOneWatcher(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	// Streamed once events flow.
+	// Streamed once an event came live and the path proved it streams;
+	// the next change arrives on the stream.
 	change(20, 1, 2, "depooled")
 	testutil.Eventually(t, "the first change", site.fileHas("r021", "h2=depooled"))
+	testutil.Eventually(t, "a streamed watch", func() bool { return a.status(t).Watch.Mode == "stream" })
 	change(20, 1, 2, "pooled-again")
 	testutil.Eventually(t, "the second change", site.fileHas("r021", "h2=pooled-again"))
-	testutil.Eventually(t, "a streamed watch", func() bool { return a.status(t).Watch.Mode == "stream" })
 
-	// Failover: the member in use dies.
+	// Failover: the endpoint in use dies.
 	used := -1
-	for i, ep := range cluster.Endpoints() {
+	for i, ep := range endpoints {
 		if ep == a.status(t).Watch.Endpoint {
 			used = i
 		}
 	}
-	cluster.Kill(used)
+	restore := f.fail(used)
 	change(30, 0, 0, "after-failover")
 	testutil.Eventually(t, "the change after the failover", site.fileHas("r040", "h0=after-failover"))
 	oneWatcher(t, cluster, "after the failover")
-	cluster.Start(t, used)
+	restore()
 
 	// Every member restarts, one after the other (a rolling upgrade).
 	for i := 0; i < cluster.Size(); i++ {
@@ -274,15 +388,14 @@ func TestAgentHoldsOneConnectionAndOneWatcher(t *testing.T) {
 	testutil.Eventually(t, "the change after the restart", site.fileHas("r061", "h1=after-restart"))
 	oneWatcher(t, cluster, "after the restart")
 
-	// A forced 401: the agent is stopped while 3,000 big events fill its
-	// stream, so etcd drops the watcher and its index leaves the history.
-	a.cmd.Process.Signal(syscall.SIGSTOP)
-	big := strings.Repeat("x", 1024)
-	for i := 0; i < 3000; i++ {
-		change(50, 0, 1, fmt.Sprintf("%d-%s", i, big))
-	}
-	change(50, 0, 1, "after-401")
-	a.cmd.Process.Signal(syscall.SIGCONT)
+	// A forced 401.
+	f.outage(a, func(n, size int) {
+		big := strings.Repeat("x", size)
+		for i := 0; i < n; i++ {
+			change(50, 0, 1, fmt.Sprintf("%d-%s", i, big))
+		}
+		change(50, 0, 1, "after-401")
+	})
 	testutil.Eventually(t, "the change after the 401", site.fileHas("r080", "h1=after-401"))
 	testutil.Eventually(t, "the re-read counted", func() bool {
 		resp, err := http.Get("http://" + a.metrics + "/metrics")
@@ -300,7 +413,7 @@ func TestAgentHoldsOneConnectionAndOneWatcher(t *testing.T) {
 	})
 	oneWatcher(t, cluster, "after the 401")
 	if n := conns.most(); n != 1 {
-		t.Fatalf("the agent held up to %d connections to etcd at once, want 1", n)
+		t.Fatalf("the agent held up to %d connections at once, want 1", n)
 	}
 	// And every file is what etcd holds.
 	for i := 0; i < 160; i += 37 {
