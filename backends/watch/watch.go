@@ -387,7 +387,7 @@ type feedObserver struct {
 	prefix string
 }
 
-func (f feedObserver) Resync(reason string)  { f.o.Resync(f.prefix, reason) }
+func (f feedObserver) Resync(reason string) { f.o.Resync(f.prefix, reason) }
 func (f feedObserver) WatchError(err error) { f.o.WatchRestart(f.prefix, err) }
 func (f feedObserver) ReadError(err error)  { f.o.FetchError(f.prefix, err) }
 
