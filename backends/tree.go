@@ -314,7 +314,31 @@ func Segments(key string) []string {
 // CleanKey normalises a key to the absolute, slash-separated form etcd uses:
 // "/a/b", or "/" for the root.
 func CleanKey(key string) string {
+	if isClean(key) {
+		return key // the common case, and on every event's path: no allocation
+	}
 	return path.Clean("/" + key)
+}
+
+// isClean reports whether key is already in CleanKey's form: absolute, no
+// empty, "." or ".." segment, no trailing slash.
+func isClean(key string) bool {
+	if key == "/" {
+		return true
+	}
+	if len(key) < 2 || key[0] != '/' || key[len(key)-1] == '/' {
+		return false
+	}
+	start := 1
+	for i := 1; i <= len(key); i++ {
+		if i == len(key) || key[i] == '/' {
+			if seg := key[start:i]; seg == "" || seg == "." || seg == ".." {
+				return false
+			}
+			start = i + 1
+		}
+	}
+	return true
 }
 
 // Covers reports whether key lies at or below root on whole path segments:
@@ -324,7 +348,7 @@ func Covers(root, key string) bool {
 	if root == "/" || root == key {
 		return true
 	}
-	return strings.HasPrefix(key, root+"/")
+	return len(key) > len(root) && key[len(root)] == '/' && key[:len(root)] == root
 }
 
 // Builder assembles a Tree from many keys at once. Unlike Set, which copies

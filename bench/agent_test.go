@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -28,6 +29,7 @@ import (
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/fixture"
 	"github.com/fsnotify/fsnotify"
+	client "go.etcd.io/etcd/client/v2"
 )
 
 var (
@@ -254,8 +256,10 @@ func benchAgent(b *testing.B, keys int, wholeTree bool) {
 		b.ReportMetric(float64(ready.Milliseconds()), "ms-to-all-rendered")
 		resources, _ := agent.LoadAll(agent.LoadOptions{ConfDir: dir})
 		b.ReportMetric(float64(len(agent.Roots(resources))), "roots")
-		time.Sleep(200 * time.Millisecond) // let every root's poll register
+		time.Sleep(200 * time.Millisecond) // let the watch register
 		b.ReportMetric(float64(s.proxy.OpenWatches()), "watch-connections")
+		b.ReportMetric(float64(s.watchers(b)), "etcd-watchers")
+		b.ReportMetric(float64(connsTo(a.cmd.Process.Pid, s.proxy.URL())), "tcp-connections-to-etcd")
 
 		p50, p99, renders := latency(b, s, a, pools[0], 200)
 		b.ReportMetric(p50, "p50-ms-write-to-file")
@@ -263,6 +267,15 @@ func benchAgent(b *testing.B, keys int, wholeTree bool) {
 		// 1.0 means every render was of a resource the change concerned,
 		// each at most once per change.
 		b.ReportMetric(renders/float64(affected(resources, fixture.Prefix+pools[0]+"/x")), "renders/affected-resource/event")
+
+		cpu, renders := unreadEvents(b, s, a, resources, 1000)
+		b.ReportMetric(cpu, "cpu-ms-per-1000-unread-events")
+		b.ReportMetric(renders, "renders-for-unread-events")
+		if st := a.status(b); st.Watch.Mode == "stream" {
+			b.ReportMetric(1, "streaming")
+		} else {
+			b.ReportMetric(0, "streaming")
+		}
 
 		writes, burst := burstInto(b, s, a, pools[1], 5000)
 		b.ReportMetric(writes, "rewrites-per-1000-write-burst")
@@ -391,4 +404,108 @@ func burstInto(b *testing.B, s *site, a *runningAgent, pool string, base int) (r
 	elapsed := time.Since(start)
 	time.Sleep(300 * time.Millisecond)
 	return float64(writesOf() - before), float64(elapsed.Milliseconds())
+}
+
+// unreadEvents writes n values to a key under the watched prefix that no
+// resource reads and reports the agent's CPU time for them, and how many
+// renders they caused (none should).
+func unreadEvents(b *testing.B, s *site, a *runningAgent, resources []*agent.Resource, n int) (cpuMs, renders float64) {
+	roots := agent.Roots(resources)
+	prefix := a.status(b).Watch.Prefix
+	var key string
+	for _, k := range s.tree.Keys() {
+		if !strings.HasPrefix(k, prefix+"/") {
+			continue
+		}
+		read := false
+		for _, r := range roots {
+			if k == r || strings.HasPrefix(k, r+"/") {
+				read = true
+			}
+		}
+		if !read {
+			key = k
+			break
+		}
+	}
+	if key == "" {
+		b.Fatalf("every key under %s is read by a resource", prefix)
+	}
+	before, cpu := totalRenders(a.status(b)), cpuTime(a.cmd.Process.Pid)
+	var last *client.Response
+	for i := 0; i < n; i++ {
+		var err error
+		if last, err = s.srv.Client().Set(context.Background(), key, fixture.NodeValue(i, "no"), nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+	for a.status(b).Watch.Index < last.Index {
+		time.Sleep(5 * time.Millisecond)
+	}
+	spent := cpuTime(a.cmd.Process.Pid) - cpu
+	return float64(spent.Microseconds()) / 1000 * 1000 / float64(n), float64(totalRenders(a.status(b)) - before)
+}
+
+// watchers is etcd's count of registered v2 watchers. (Reading it races
+// inside an in-process etcd 3.5, which matters only under -race; the
+// benchmarks run without it.)
+func (s *site) watchers(b *testing.B) int {
+	resp, err := http.Get(s.srv.URL() + "/v2/stats/store")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var stats struct{ Watchers int }
+	json.NewDecoder(resp.Body).Decode(&stats)
+	return stats.Watchers
+}
+
+// cpuTime is the CPU time every thread of a process has used so far, to the
+// nanosecond (from /proc/<pid>/task/*/schedstat).
+func cpuTime(pid int) time.Duration {
+	tasks, _ := filepath.Glob(fmt.Sprintf("/proc/%d/task/*/schedstat", pid))
+	var total time.Duration
+	for _, t := range tasks {
+		raw, err := os.ReadFile(t)
+		if err != nil {
+			continue
+		}
+		if ns, err := strconv.ParseInt(strings.Fields(string(raw))[0], 10, 64); err == nil {
+			total += time.Duration(ns)
+		}
+	}
+	return total
+}
+
+// connsTo counts pid's established TCP connections to the host:port of
+// url, from the sockets among its file descriptors.
+func connsTo(pid int, rawURL string) int {
+	u, _ := url.Parse(rawURL)
+	_, port, _ := net.SplitHostPort(u.Host)
+	want, _ := strconv.ParseInt(port, 10, 64)
+	inodes := map[string]bool{}
+	fds, _ := os.ReadDir(fmt.Sprintf("/proc/%d/fd", pid))
+	for _, fd := range fds {
+		if link, err := os.Readlink(fmt.Sprintf("/proc/%d/fd/%s", pid, fd.Name())); err == nil && strings.HasPrefix(link, "socket:[") {
+			inodes[link[len("socket:["):len(link)-1]] = true
+		}
+	}
+	n := 0
+	for _, table := range []string{"/proc/net/tcp", "/proc/net/tcp6"} {
+		raw, err := os.ReadFile(table)
+		if err != nil {
+			continue
+		}
+		for _, line := range strings.Split(string(raw), "\n")[1:] {
+			f := strings.Fields(line)
+			if len(f) < 10 || f[3] != "01" || !inodes[f[9]] {
+				continue
+			}
+			_, hexPort, _ := strings.Cut(f[2], ":")
+			if p, err := strconv.ParseInt(hexPort, 16, 64); err == nil && p == want {
+				n++
+			}
+		}
+	}
+	return n
 }

@@ -217,7 +217,7 @@ func put(n *Node, base, key string, ev *etcd.Event) (*Node, int) {
 		updated, d := replaceNode(n, ev)
 		return updated, delta + d
 	}
-	child := join(base, backends.Segments(strings.TrimPrefix(key, base))[0])
+	child := join(base, firstSegment(key, base))
 	c := *n
 	c.children = append([]*Node(nil), n.children...)
 	i, ok := find(c.children, child)
@@ -242,8 +242,11 @@ func replaceNode(n *Node, ev *etcd.Event) (*Node, int) {
 	}
 	if w.Dir {
 		// Setting a directory (mkdir, or a TTL update) keeps its children.
+		// A TTL update also keeps its indexes: etcd 3.4's event carries a
+		// new modifiedIndex, but the directory it stores keeps the old one
+		// (etcd 3.5 refuses the update).
 		if n.dir {
-			updated.children = n.children
+			updated.created, updated.modified, updated.children = n.created, n.modified, n.children
 			return updated, 0
 		}
 		return updated, -1
@@ -272,7 +275,7 @@ func remove(n *Node, key string) (*Node, int) {
 	if n == nil || !n.dir {
 		return n, 0
 	}
-	child := join(n.key, backends.Segments(strings.TrimPrefix(key, n.key))[0])
+	child := join(n.key, firstSegment(key, n.key))
 	i, ok := find(n.children, child)
 	if !ok {
 		return n, 0
@@ -336,6 +339,16 @@ func TTL(exp, now time.Time) int64 {
 func find(children []*Node, key string) (int, bool) {
 	i := sort.Search(len(children), func(i int) bool { return children[i].key >= key })
 	return i, i < len(children) && children[i].key == key
+}
+
+// firstSegment is the segment of key right below base, for a clean key
+// strictly below base.
+func firstSegment(key, base string) string {
+	rest := strings.TrimPrefix(strings.TrimPrefix(key, base), "/")
+	if i := strings.IndexByte(rest, '/'); i >= 0 {
+		return rest[:i]
+	}
+	return rest
 }
 
 func join(dir, name string) string {

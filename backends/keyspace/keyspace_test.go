@@ -257,3 +257,53 @@ func TestFromLeavesKeepsEveryValue(t *testing.T) {
 		t.Fatalf("values %v (len %d), want %v", got, s.Len(), want)
 	}
 }
+
+// AppendJSON writes what encoding/json writes for ToWire, byte for byte,
+// whatever the keys and values hold.
+func TestAppendJSONIsEncodingJSON(t *testing.T) {
+	v := func(s string) *string { return &s }
+	exp := time.Date(2030, 5, 6, 7, 8, 9, 123456789, time.FixedZone("x", 3600))
+	top := &etcd.Node{Key: "/p", Dir: true, CreatedIndex: 2, ModifiedIndex: 3, Nodes: []*etcd.Node{
+		{Key: "/p/plain", Value: v(`{"pooled": "yes", "weight": 10}`), CreatedIndex: 4, ModifiedIndex: 5},
+		{Key: "/p/empty", Value: v(""), CreatedIndex: 6, ModifiedIndex: 6},
+		{Key: "/p/odd <&> \u2028\u2029 \x01\t\n\"\\", Value: v("bad utf8 \xff\xfe é ✓ \x7f"), CreatedIndex: 7, ModifiedIndex: 7},
+		{Key: "/p/ttl", Value: v("x"), Expiration: &exp, CreatedIndex: 8, ModifiedIndex: 8},
+		{Key: "/p/dir", Dir: true, CreatedIndex: 9, ModifiedIndex: 9, Expiration: &exp, Nodes: []*etcd.Node{
+			{Key: "/p/dir/deep", Value: v("1"), CreatedIndex: 10, ModifiedIndex: 10}}},
+		{Key: "/p/emptydir", Dir: true, CreatedIndex: 11, ModifiedIndex: 11},
+	}}
+	s := keyspace.FromWire("/p", top, 20)
+	now := time.Date(2030, 5, 6, 7, 0, 0, 0, time.UTC)
+	for _, key := range []string{"/p", "/p/dir", "/p/plain", "/p/emptydir", "/p/missing"} {
+		for _, recursive := range []bool{false, true} {
+			want, _ := json.Marshal(s.ToWire(key, recursive, now))
+			if got := s.AppendJSON(nil, key, recursive, now); string(got) != string(want) {
+				t.Errorf("%s recursive=%v:\n got %s\nwant %s", key, recursive, got, want)
+			}
+		}
+	}
+	root := keyspace.FromWire("/", &etcd.Node{Dir: true, Nodes: []*etcd.Node{{Key: "/a", Value: v("1"), CreatedIndex: 1, ModifiedIndex: 1}}}, 1)
+	want, _ := json.Marshal(root.ToWire("/", true, now))
+	if got := root.AppendJSON(nil, "/", true, now); string(got) != string(want) {
+		t.Errorf("root: got %s want %s", got, want)
+	}
+}
+
+func FuzzAppendJSONIsEncodingJSON(f *testing.F) {
+	for _, seed := range []string{"plain", "", "<script>&</script>", "\u2028", "\xff", "é✓", "\x00\x1f\"\\"} {
+		f.Add(seed, seed)
+	}
+	f.Fuzz(func(t *testing.T, name, value string) {
+		key := backends.CleanKey("/f/" + name)
+		if !backends.Covers("/f", key) || key == "/f" {
+			return
+		}
+		s := keyspace.FromWire("/f", &etcd.Node{Key: "/f", Dir: true, CreatedIndex: 1, ModifiedIndex: 1,
+			Nodes: []*etcd.Node{{Key: key, Value: &value, CreatedIndex: 2, ModifiedIndex: 3}}}, 3)
+		now := time.Now()
+		want, _ := json.Marshal(s.ToWire("/f", true, now))
+		if got := s.AppendJSON(nil, "/f", true, now); string(got) != string(want) {
+			t.Fatalf("got %s\nwant %s", got, want)
+		}
+	})
+}

@@ -153,12 +153,17 @@ func (c *Cache) Save(cp Copy) error {
 		return nil
 	}
 	f := cacheFile{Format: cacheFormat, Source: c.Source, SavedAt: time.Now().UTC(), Prefix: cp.Space.Prefix(),
-		Index: cp.Space.Index(), ClusterID: cp.ClusterID, FetchedAt: cp.FetchedAt.UTC(),
-		Node: cp.Space.ToWire(cp.Space.Prefix(), true, time.Now())}
-	raw, err := json.Marshal(f)
+		Index: cp.Space.Index(), ClusterID: cp.ClusterID, FetchedAt: cp.FetchedAt.UTC()}
+	head, err := json.Marshal(f)
 	if err != nil {
 		return err
 	}
+	// The nodes are appended by hand: the whole prefix is saved every
+	// second while it changes, and this is ten times cheaper than
+	// marshalling a tree of etcd.Node.
+	raw := append(head[:len(head)-1], `,"node":`...)
+	raw = cp.Space.AppendJSON(raw, cp.Space.Prefix(), true, time.Now())
+	raw = append(raw, '}')
 	if err := os.MkdirAll(filepath.Dir(c.Path), 0o750); err != nil {
 		return fmt.Errorf("cache directory: %w", err)
 	}

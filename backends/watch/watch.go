@@ -627,6 +627,9 @@ func applyToRoot(tree *backends.Tree, root string, ev *etcd.Event) *backends.Tre
 		return nil // the root has no data yet; its first read brings it
 	}
 	key := ev.Key()
+	if !strings.HasPrefix(key, root) && !strings.HasPrefix(root, key) {
+		return tree // the common case: a cheap test before the exact one
+	}
 	switch {
 	case backends.Covers(root, key):
 		if ev.IsDelete() {

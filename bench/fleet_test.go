@@ -1,0 +1,263 @@
+package bench
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/confsync/confsync/agent"
+	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/fixture"
+	"github.com/fsnotify/fsnotify"
+	client "go.etcd.io/etcd/client/v2"
+)
+
+// perRootCommit is the last confsync before the single watch: its agent
+// opens one long poll per root. The fleet benchmark builds it from git to
+// compare, in the same run, per-root watching with one watch per agent.
+const perRootCommit = "50a2cc7"
+
+var (
+	perRootOnce sync.Once
+	perRootBin  string
+	perRootErr  error
+)
+
+func perRootBinary(b *testing.B) string {
+	perRootOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "confsync-per-root-")
+		if err != nil {
+			perRootErr = err
+			return
+		}
+		src := filepath.Join(dir, "src")
+		os.MkdirAll(src, 0o755)
+		script := fmt.Sprintf("git -C .. archive %s | tar -x -C %s && cd %s && go build -o ../confsync ./cmd/confsync", perRootCommit, src, src)
+		if out, err := exec.Command("sh", "-c", script).CombinedOutput(); err != nil {
+			perRootErr = fmt.Errorf("build confsync at %s: %v\n%s", perRootCommit, err, out)
+		}
+		perRootBin = filepath.Join(dir, "confsync")
+	})
+	if perRootErr != nil {
+		b.Fatal(perRootErr)
+	}
+	return perRootBin
+}
+
+// fleetEtcd is Debian's etcd 3.4 as a process, so that its CPU and its
+// watcher count can be read, loaded with a 10k-key site.
+type fleetEtcd struct {
+	cluster *etcdtest.ProcessCluster
+	pid     int
+	tree    *fixture.Site
+	keys    client.KeysAPI
+}
+
+func newFleetEtcd(b *testing.B) *fleetEtcd {
+	c := etcdtest.NewProcessCluster(b, 1)
+	tree := fixture.Generate(fixture.Options{Seed: 1, Keys: 10000})
+	if err := tree.Load(context.Background(), c.Client()); err != nil {
+		b.Fatal(err)
+	}
+	return &fleetEtcd{cluster: c, pid: c.Pid(0), tree: tree, keys: c.Client()}
+}
+
+// BenchmarkFleet runs H agents, each its own process with its own confdir
+// of 200 resources (about a hundred roots), against one Debian etcd, first
+// the per-root agent (as built from perRootCommit), then today's one-watch
+// agent, and measures what etcd pays: watchers, CPU per write and while
+// idle, PUT latency, and the time until every agent's file has a change.
+//
+//	go test -run '^$' -bench Fleet -benchtime 1x -timeout 2h ./bench/
+func BenchmarkFleet(b *testing.B) {
+	e := newFleetEtcd(b)
+	s := &site{tree: e.tree}
+	dir, pools := s.confdir(b, 200)
+	watched := fixture.Prefix + pools[0]
+	host := s.poolHosts(pools[0])[0]
+	idle := putLatency(b, e, watched+"/"+host, 20, 300*time.Millisecond, nil)
+	b.Logf("idle etcd: PUT p50 %.2f ms, p99 %.2f ms", idle.p50, idle.p99)
+	for _, h := range []int{10, 50, 100} {
+		for _, kind := range []string{"per-root", "one-watch"} {
+			b.Run(fmt.Sprintf("H=%d/%s", h, kind), func(b *testing.B) {
+				bin := confsyncBinary(b)
+				if kind == "per-root" {
+					bin = perRootBinary(b)
+				}
+				fleet := startFleet(b, bin, e, dir, h)
+				time.Sleep(2 * time.Second) // let every watch register
+				watchers := e.cluster.WatcherCount(b, 0)
+				idleCPU := cpuOver(e.pid, 10*time.Second)
+				m := putLatency(b, e, watched+"/"+host, 20, time.Second, fleet)
+				b.ReportMetric(float64(watchers), "etcd-watchers")
+				b.ReportMetric(idleCPU*100, "etcd-idle-cpu-%")
+				b.ReportMetric(m.cpuPerWrite, "etcd-cpu-ms/write")
+				b.ReportMetric(m.p50, "put-p50-ms")
+				b.ReportMetric(m.p99, "put-p99-ms")
+				b.ReportMetric(m.p99/idle.p99, "put-p99-vs-idle")
+				b.ReportMetric(m.p50/idle.p50, "put-p50-vs-idle")
+				b.ReportMetric(m.allFilesP50, "all-files-p50-ms")
+				b.ReportMetric(m.allFilesMax, "all-files-max-ms")
+				fleet.stop()
+			})
+		}
+	}
+}
+
+// fleet is H agent processes.
+type fleet struct {
+	cmds  []*exec.Cmd
+	dests []string // each agent's file for resource 0
+}
+
+func startFleet(b *testing.B, bin string, e *fleetEtcd, dir string, h int) *fleet {
+	f := &fleet{}
+	addrs := make([]string, h)
+	for i := 0; i < h; i++ {
+		l, _ := net.Listen("tcp", "127.0.0.1:0")
+		addrs[i] = l.Addr().String()
+		l.Close()
+		out := b.TempDir()
+		cmd := exec.Command(bin, "agent", "-confdir", dir, "-node", e.cluster.URL(0), "-dest-root", out,
+			"-state-dir", b.TempDir(), "-metrics-addr", addrs[i], "-log-level", "error")
+		cmd.Stderr = os.Stderr
+		if err := cmd.Start(); err != nil {
+			b.Fatal(err)
+		}
+		f.cmds = append(f.cmds, cmd)
+		f.dests = append(f.dests, filepath.Join(out, "out", "r000"))
+	}
+	b.Cleanup(f.stop)
+	deadline := time.Now().Add(10 * time.Minute)
+	for _, addr := range addrs {
+		for !agentReady(addr) {
+			if time.Now().After(deadline) {
+				b.Fatalf("agent at %s never became ready", addr)
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	}
+	return f
+}
+
+func agentReady(addr string) bool {
+	resp, err := http.Get("http://" + addr + "/status")
+	if err != nil {
+		return false
+	}
+	defer resp.Body.Close()
+	var st agent.Status
+	return json.NewDecoder(resp.Body).Decode(&st) == nil && st.Ready
+}
+
+func (f *fleet) stop() {
+	for _, c := range f.cmds {
+		if c.ProcessState == nil {
+			c.Process.Signal(syscall.SIGTERM)
+		}
+	}
+	for _, c := range f.cmds {
+		if c.ProcessState == nil {
+			c.Wait()
+		}
+	}
+}
+
+type writeFigures struct {
+	p50, p99, cpuPerWrite    float64
+	allFilesP50, allFilesMax float64
+}
+
+// putLatency times n PUTs of key, gap apart, and etcd's CPU over them;
+// with a fleet, it also times how long until every agent's file shows
+// each value.
+func putLatency(b *testing.B, e *fleetEtcd, key string, n int, gap time.Duration, f *fleet) writeFigures {
+	var w *fsnotify.Watcher
+	if f != nil {
+		var err error
+		if w, err = fsnotify.NewWatcher(); err != nil {
+			b.Fatal(err)
+		}
+		defer w.Close()
+		for _, d := range f.dests {
+			w.Add(filepath.Dir(d))
+		}
+	}
+	var puts, spread []time.Duration
+	cpu := cpuTime(e.pid)
+	for i := 0; i < n; i++ {
+		time.Sleep(gap)
+		weight := 2000 + int(time.Now().UnixNano()%100000)
+		start := time.Now()
+		if _, err := e.keys.Set(context.Background(), key, fixture.NodeValue(weight, "yes"), nil); err != nil {
+			b.Fatal(err)
+		}
+		puts = append(puts, time.Since(start))
+		if f != nil {
+			spread = append(spread, waitAll(b, w, f.dests, fmt.Sprintf("'weight':%d,", weight), start))
+		}
+	}
+	fig := writeFigures{cpuPerWrite: float64((cpuTime(e.pid) - cpu).Microseconds()) / 1000 / float64(n)}
+	fig.p50, fig.p99 = percentiles(puts)
+	if f != nil {
+		fig.allFilesP50, _ = percentiles(spread)
+		sort.Slice(spread, func(i, j int) bool { return spread[i] < spread[j] })
+		fig.allFilesMax = ms(spread[len(spread)-1])
+	}
+	return fig
+}
+
+// waitAll waits until every file holds want and returns the time from
+// start until the last one did.
+func waitAll(b *testing.B, w *fsnotify.Watcher, files []string, want string, start time.Time) time.Duration {
+	pending := map[string]bool{}
+	for _, f := range files {
+		pending[f] = true
+	}
+	var last time.Duration
+	deadline := time.After(2 * time.Minute)
+	for len(pending) > 0 {
+		for f := range pending {
+			if raw, err := os.ReadFile(f); err == nil && strings.Contains(string(raw), want) {
+				delete(pending, f)
+				last = time.Since(start)
+			}
+		}
+		if len(pending) == 0 {
+			break
+		}
+		select {
+		case <-w.Events:
+		case <-time.After(5 * time.Millisecond):
+		case <-deadline:
+			b.Fatalf("%d agents never wrote %q", len(pending), want)
+		}
+	}
+	return last
+}
+
+// cpuOver is the share of one core a process used over d.
+func cpuOver(pid int, d time.Duration) float64 {
+	before := cpuTime(pid)
+	time.Sleep(d)
+	return float64(cpuTime(pid)-before) / float64(d)
+}
+
+func percentiles(ds []time.Duration) (p50, p99 float64) {
+	sorted := append([]time.Duration(nil), ds...)
+	sort.Slice(sorted, func(i, j int) bool { return sorted[i] < sorted[j] })
+	return ms(sorted[len(sorted)/2]), ms(sorted[(len(sorted)*99)/100])
+}
+
+func ms(d time.Duration) float64 { return float64(d.Microseconds()) / 1000 }
