@@ -28,6 +28,11 @@ type Event struct {
 	Action   string `json:"action"`
 	Node     *Node  `json:"node,omitempty"`
 	PrevNode *Node  `json:"prevNode,omitempty"`
+	// Flat marks an event of a flat keyspace (etcd v3), where a key is no
+	// directory: setting a value keeps the keys below it, deleting one
+	// deletes only that key, and a directory is only the shape of the keys
+	// below it. It is never sent on the wire.
+	Flat bool `json:"-"`
 }
 
 // Index is the event's place in etcd's history: its node's modifiedIndex.

@@ -172,7 +172,7 @@ func (s *Space) Relevant(ev *etcd.Event) bool {
 	case s.Covers(key):
 		return !hiddenBelow(s.prefix, key)
 	case backends.Covers(key, s.prefix):
-		return ev.IsDelete()
+		return ev.IsDelete() && !ev.Flat
 	}
 	return false
 }
@@ -186,14 +186,15 @@ func (s *Space) Apply(ev *etcd.Event) *Space {
 	}
 	c := *next
 	key := ev.Key()
-	if !s.Covers(key) || key == s.prefix && ev.IsDelete() {
-		c.top, c.leaves = nil, 0
-		return &c
-	}
 	var delta int
-	if ev.IsDelete() {
+	switch {
+	case ev.Flat && ev.IsDelete():
+		c.top, delta = removeFlat(s.top, key)
+	case !s.Covers(key) || key == s.prefix && ev.IsDelete():
+		c.top, delta = nil, -s.leaves
+	case ev.IsDelete():
 		c.top, delta = remove(s.top, key)
-	} else {
+	default:
 		c.top, delta = put(s.top, s.prefix, key, ev)
 	}
 	c.leaves += delta
@@ -205,7 +206,7 @@ func (s *Space) Apply(ev *etcd.Event) *Space {
 // directories are created as etcd creates them: with the event's index.
 func put(n *Node, base, key string, ev *etcd.Event) (*Node, int) {
 	delta := 0
-	if n != nil && !n.dir && base != key {
+	if n != nil && !n.dir && base != key && !ev.Flat {
 		// etcd refuses to write below a leaf (error 104); should such an
 		// event come anyway, the leaf gives way and the count stays right.
 		n, delta = nil, -1
@@ -236,6 +237,22 @@ func put(n *Node, base, key string, ev *etcd.Event) (*Node, int) {
 // replaceNode is the node n becomes through ev.
 func replaceNode(n *Node, ev *etcd.Event) (*Node, int) {
 	w := ev.Node
+	if ev.Flat {
+		// A value in a flat keyspace keeps the keys below it.
+		updated := *n
+		updated.dir, updated.created, updated.modified = false, w.CreatedIndex, w.ModifiedIndex
+		updated.value, updated.expiration = "", time.Time{}
+		if w.Value != nil {
+			updated.value = *w.Value
+		}
+		if w.Expiration != nil {
+			updated.expiration = *w.Expiration
+		}
+		if n.dir {
+			return &updated, 1
+		}
+		return &updated, 0
+	}
 	updated := &Node{key: n.key, dir: w.Dir, created: w.CreatedIndex, modified: w.ModifiedIndex}
 	if w.Expiration != nil {
 		updated.expiration = *w.Expiration
@@ -257,12 +274,12 @@ func replaceNode(n *Node, ev *etcd.Event) (*Node, int) {
 	return updated, 1 - leafCount(n)
 }
 
-// leafCount is the number of leaves at or below n.
+// leafCount is the number of values at or below n.
 func leafCount(n *Node) int {
-	if !n.dir {
-		return 1
-	}
 	total := 0
+	if !n.dir {
+		total = 1
+	}
 	for _, c := range n.children {
 		total += leafCount(c)
 	}
@@ -272,7 +289,7 @@ func leafCount(n *Node) int {
 // remove returns n without the node at key, and the change in leaves.
 // Directories stay when their last child goes, as in etcd.
 func remove(n *Node, key string) (*Node, int) {
-	if n == nil || !n.dir {
+	if n == nil || len(n.children) == 0 {
 		return n, 0
 	}
 	child := join(n.key, firstSegment(key, n.key))
@@ -289,6 +306,48 @@ func remove(n *Node, key string) (*Node, int) {
 	}
 	updated, delta := remove(n.children[i], key)
 	c.children[i] = updated
+	return &c, delta
+}
+
+// removeFlat returns n without the value at key, and the change in
+// values. A key with keys below it stays as their directory; a directory
+// left with nothing below it vanishes, as it only ever was their shape.
+func removeFlat(n *Node, key string) (*Node, int) {
+	if n == nil {
+		return nil, 0
+	}
+	if n.key == key {
+		switch {
+		case n.dir:
+			return n, 0
+		case len(n.children) == 0:
+			return nil, -1
+		}
+		c := *n
+		c.dir, c.value, c.expiration = true, "", time.Time{}
+		return &c, -1
+	}
+	if !backends.Covers(n.key, key) {
+		return n, 0
+	}
+	i, ok := find(n.children, join(n.key, firstSegment(key, n.key)))
+	if !ok {
+		return n, 0
+	}
+	updated, delta := removeFlat(n.children[i], key)
+	if delta == 0 {
+		return n, 0
+	}
+	c := *n
+	c.children = append([]*Node(nil), n.children...)
+	if updated == nil {
+		c.children = append(c.children[:i], c.children[i+1:]...)
+	} else {
+		c.children[i] = updated
+	}
+	if c.dir && len(c.children) == 0 {
+		return nil, delta
+	}
 	return &c, delta
 }
 

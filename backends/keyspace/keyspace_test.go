@@ -307,3 +307,39 @@ func FuzzAppendJSONIsEncodingJSON(f *testing.F) {
 		}
 	})
 }
+
+// In a flat keyspace (etcd v3) a key may hold a value and have keys below
+// it; deleting it leaves them, and directories are only their shape.
+func TestFlatEvents(t *testing.T) {
+	put := func(key, value string, rev uint64) *etcd.Event {
+		return &etcd.Event{Action: "set", Flat: true, Node: &etcd.Node{Key: key, Value: &value, CreatedIndex: rev, ModifiedIndex: rev}}
+	}
+	del := func(key string, rev uint64) *etcd.Event {
+		return &etcd.Event{Action: "delete", Flat: true, Node: &etcd.Node{Key: key, ModifiedIndex: rev}}
+	}
+	s := keyspace.Empty("/p", 1)
+	for _, ev := range []*etcd.Event{put("/p/a/b", "1", 2), put("/p/a", "top", 3), put("/p/c/d/e", "2", 4),
+		put("/p", "self", 5), del("/p/c/d/e", 6), put("/other", "x", 7), del("/", 8)} {
+		s = s.Apply(ev)
+	}
+	values := func() map[string]string {
+		got := map[string]string{}
+		s.WalkLeaves("/p", func(k, v string) bool { got[k] = v; return true })
+		return got
+	}
+	want := map[string]string{"/p": "self", "/p/a": "top", "/p/a/b": "1"}
+	if got := values(); !reflect.DeepEqual(got, want) || s.Len() != 3 {
+		t.Fatalf("values %v (len %d), want %v", got, s.Len(), want)
+	}
+	if s.Get("/p/c") != nil {
+		t.Fatal("a directory with nothing below it stayed")
+	}
+	s = s.Apply(del("/p/a", 9))
+	if n := s.Get("/p/a"); n == nil || !n.IsDir() || s.Len() != 2 {
+		t.Fatalf("deleting a key with keys below it: %+v, len %d", n, s.Len())
+	}
+	s = s.Apply(del("/p/a/b", 10)).Apply(del("/p", 11))
+	if s.Get("/p") != nil || s.Len() != 0 {
+		t.Fatalf("everything deleted, yet %v remains", values())
+	}
+}
