@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # Runs every test, with the race detector. On a fresh Debian machine, run
 # as root, it first installs the few programs some tests call: patch(1)
-# (the diff test applies confsync's diffs with it) and etcdctl (the gate is
-# tested with the real v2 client). Tests start real etcd servers in-process;
-# nothing else needs installing.
+# (the diff test applies confsync's diffs with it), etcdctl (the gate is
+# tested with the real v2 client) and etcd-server (Debian's etcd 3.4, which
+# internal/etcdtest runs as child processes where a separate process
+# matters: SIGKILL, SIGSTOP, watcher counts). Most tests start etcd
+# in-process. Tests against etcd 3.6 build it from internal/etcd36 with the
+# go command on first use.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export PATH="$PATH:/usr/local/go/bin"
@@ -11,6 +14,7 @@ export PATH="$PATH:/usr/local/go/bin"
 missing=()
 command -v patch >/dev/null || missing+=(patch)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
+[ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then

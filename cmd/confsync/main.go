@@ -6,19 +6,16 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/signal"
-	"runtime"
 	"sort"
 	"strings"
 	"syscall"
 )
-
-// version is set at build time with -ldflags "-X main.version=...".
-var version = "dev"
 
 // command is one subcommand.
 type command struct {
@@ -66,11 +63,12 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	switch args[0] {
-	case "-version", "--version", "version":
-		fmt.Fprintf(stdout, "confsync %s (%s %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
-		return 0
+	case "version", "-version", "--version":
+		return runVersion(args[1:], stdout, stderr)
 	case "help", "-h", "-help", "--help":
 		return runHelp(args[1:], stdout, stderr)
+	case "completion":
+		return runCompletion(args[1:], stdout, stderr)
 	}
 	c, ok := lookup(args[0])
 	if !ok {
@@ -80,44 +78,97 @@ func run(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	return c.run(ctx, args[1:], stdout, stderr)
 }
 
-func runHelp(args []string, stdout, stderr io.Writer) int {
-	if len(args) == 0 {
-		fmt.Fprint(stdout, overview())
-		return 0
+// builtin is a command that is about confsync itself rather than a part of
+// the system; it has no docs/ page and no flags of its own worth a manual.
+type builtin struct{ name, summary string }
+
+func builtins() []builtin {
+	return []builtin{
+		{"help", "show a command's manual: confsync help [-man] <command>"},
+		{"version", "print the release version, VCS revision and Go version"},
+		{"completion", "print the bash completion script: confsync completion bash"},
 	}
-	if _, ok := lookup(args[0]); !ok {
-		fmt.Fprintf(stderr, "confsync help: unknown command %q\n\n%s", args[0], overview())
+}
+
+// The parts of the overview that confsync(1) shows too.
+const (
+	overviewIntro = `confsync keeps configuration files in step with the state a site keeps in
+etcd v2, replicates that state between datacenters, and guards etcd's port.`
+	overviewSummary = "keep configuration files in step with etcd v2, replicate it between datacenters, guard etcd's port"
+	overviewUsage   = `confsync <command> [flags] [arguments]`
+	overviewFooter  = `Every command takes -h for its flags. Exit codes: 0 success, 1 failure
+(details on stderr), 2 usage or configuration error.`
+)
+
+func runHelp(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("help", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	man := fs.Bool("man", false, "print the manual page in troff (man(7)) instead of text: confsync help -man agent | man -l -")
+	manDir := fs.String("man-dir", "", "write every manual page, confsync.1 and confsync-<command>.1, into this directory")
+	fs.Usage = func() {
+		fmt.Fprint(stderr, "usage: confsync help [-man] [command]\n       confsync help -man-dir DIR\n")
+		fs.PrintDefaults()
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return 2
 	}
-	fmt.Fprint(stdout, commandHelp(args[0]))
+	if *manDir != "" {
+		if fs.NArg() > 0 {
+			fmt.Fprintf(stderr, "confsync help: -man-dir writes every page; unexpected argument %q\n", fs.Arg(0))
+			return 2
+		}
+		if err := writeManPages(*manDir); err != nil {
+			fmt.Fprintf(stderr, "confsync help: %v\n", err)
+			return 1
+		}
+		return 0
+	}
+	if fs.NArg() > 1 {
+		fmt.Fprintf(stderr, "confsync help: one command at a time; unexpected argument %q\n", fs.Arg(1))
+		return 2
+	}
+	name := fs.Arg(0)
+	if name == "" {
+		if *man {
+			fmt.Fprint(stdout, overviewManPage())
+		} else {
+			fmt.Fprint(stdout, overview())
+		}
+		return 0
+	}
+	c, ok := lookup(name)
+	if !ok {
+		fmt.Fprintf(stderr, "confsync help: unknown command %q\n\n%s", name, overview())
+		return 2
+	}
+	if *man {
+		fmt.Fprint(stdout, manPage(c))
+	} else {
+		fmt.Fprint(stdout, commandHelp(name))
+	}
 	return 0
 }
 
 func overview() string {
 	var b strings.Builder
-	b.WriteString(`confsync keeps configuration files in step with the state a site keeps in
-etcd v2, replicates that state between datacenters, and guards etcd's port.
-
-Usage:
-  confsync <command> [flags] [arguments]
-
-Commands:
-`)
+	fmt.Fprintf(&b, "%s\n\nUsage:\n  %s\n\nCommands:\n", overviewIntro, overviewUsage)
 	for _, c := range commands() {
-		fmt.Fprintf(&b, "  %-8s %s\n", c.name, c.summary)
+		fmt.Fprintf(&b, "  %-11s %s\n", c.name, c.summary)
 	}
-	b.WriteString(`
-  help     show a command's manual: confsync help <command>
-  version  print the version
-
-Every command takes -h for its flags. Exit codes: 0 success, 1 failure
-(details on stderr), 2 usage or configuration error.
-`)
+	b.WriteString("\n")
+	for _, c := range builtins() {
+		fmt.Fprintf(&b, "  %-11s %s\n", c.name, c.summary)
+	}
+	fmt.Fprintf(&b, "\n%s\n", overviewFooter)
 	return b.String()
 }
 
 // commandHelp is a command's manual: synopsis, description, then every flag
-// with its default, straight from the flag set.
+// with its default, straight from the flag set. Its manual page (man.go)
+// is made from the same parts.
 func commandHelp(name string) string {
 	c, _ := lookup(name)
 	var b strings.Builder
@@ -134,6 +185,13 @@ func commandHelp(name string) string {
 		fmt.Fprintf(&b, "  %s\n", line)
 	}
 	b.WriteString("\nFLAGS\n")
+	b.WriteString(flagDefaults(c))
+	return b.String()
+}
+
+// flagDefaults is the command's flag set as flag.PrintDefaults shows it.
+func flagDefaults(c command) string {
+	var b strings.Builder
 	fs := c.flags()
 	fs.SetOutput(&b)
 	fs.PrintDefaults()

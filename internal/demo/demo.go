@@ -91,6 +91,7 @@ type demo struct {
 	gateURL         string
 	gateMetrics     string
 	mirror          *service
+	mirrorStatus    func() mirror.Status
 	agent           *service
 	agentStatus     func() agent.Status
 	confDir         string
@@ -169,13 +170,20 @@ func (d *demo) setUp(ctx context.Context) error {
 	}
 	d.say("Seeded the master with %d conftool keys under %s (pools, discovery, geodns, mediawiki-config).", len(site.Values), fixture.Prefix)
 
+	seeded, err := d.master.Client().Get(ctx, "/", nil)
+	if err != nil {
+		return fmt.Errorf("read the master's index: %w", err)
+	}
 	if err := d.startMirror(); err != nil {
 		return err
 	}
-	if err := d.waitReplicated(ctx, fixture.PoolKey("eqiad", "appserver", "apache2", "mw1101.eqiad.wmnet")); err != nil {
+	// The agent must start on the whole copy: started on part of it, it
+	// would render partial files and the first step's diff would show
+	// hosts that merely arrived late.
+	if err := d.waitReplicated(ctx, seeded.Index); err != nil {
 		return err
 	}
-	d.say("The mirror copied the master into the replica (index key /__replication/__ROOT__ on the replica).")
+	d.say("The mirror copied the whole master into the replica: applied through index %d, the master's (recorded in /__replication/__ROOT__ on the replica).", seeded.Index)
 	if err := d.startGate(); err != nil {
 		return err
 	}
@@ -277,7 +285,7 @@ func (d *demo) startMirror() error {
 	ctx, cancel := context.WithCancel(context.Background())
 	s := &service{cancel: cancel, done: make(chan error, 1), addr: addr, stop: func() { stop(); m.Close() }}
 	go func() { s.done <- m.Run(ctx) }()
-	d.mirror = s
+	d.mirror, d.mirrorStatus = s, m.Status
 	d.onClose(func() { s.shutdown() })
 	d.say("Started the mirror master -> replica (whole keyspace, as the site runs it); metrics at http://%s/metrics, lag at http://%s/lag.", addr, addr)
 	return nil

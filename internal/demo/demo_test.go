@@ -3,6 +3,7 @@ package demo
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
@@ -23,6 +24,7 @@ func TestDemoPlaysTheStoryTwice(t *testing.T) {
 		}
 		story := buf.String()
 		for _, want := range []string{
+			"copied the whole master into the replica",
 			"rendered 15 files",
 			"-{ 'host': 'mw1105.eqiad.wmnet'",
 			"-mw1105.eqiad.wmnet",
@@ -38,6 +40,16 @@ func TestDemoPlaysTheStoryTwice(t *testing.T) {
 				t.Errorf("run %d: the story lacks %q:\n%s", run, want, story)
 			}
 		}
+		// Each step's diff shows what that step changed and nothing else:
+		// the agent started on the whole copy, not on part of it.
+		for _, step := range []struct{ from, to, host string }{
+			{"Step 1.", "Step 2.", "mw1105"},
+			{"Step 7.", "The story is over", "mw1106"},
+		} {
+			if err := diffOnlyTouches(story, step.from, step.to, step.host); err != nil {
+				t.Errorf("run %d: %v\n%s", run, err, story)
+			}
+		}
 		if t.Failed() {
 			return
 		}
@@ -48,6 +60,32 @@ func TestDemoPlaysTheStoryTwice(t *testing.T) {
 	if entries, _ := os.ReadDir(out); len(entries) < 2 {
 		t.Fatalf("rendered files removed at exit: %v", entries)
 	}
+}
+
+// diffOnlyTouches checks that the diff lines printed between the markers
+// from and to all name host, and that there is at least one.
+func diffOnlyTouches(story, from, to, host string) error {
+	_, section, ok := strings.Cut(story, from)
+	if !ok {
+		return fmt.Errorf("no %q in the story", from)
+	}
+	section, _, _ = strings.Cut(section, to)
+	changed := 0
+	for _, line := range strings.Split(section, "\n") {
+		line = strings.TrimSpace(line)
+		if strings.HasPrefix(line, "+++") || strings.HasPrefix(line, "---") ||
+			!strings.HasPrefix(line, "+") && !strings.HasPrefix(line, "-") {
+			continue
+		}
+		changed++
+		if !strings.Contains(line, host) {
+			return fmt.Errorf("%s's diff changes %q, which is not about %s", strings.TrimSuffix(from, "."), line, host)
+		}
+	}
+	if changed == 0 {
+		return fmt.Errorf("%s shows no diff", strings.TrimSuffix(from, "."))
+	}
+	return nil
 }
 
 // With Keep, the demo runs until its context ends (Ctrl-C), then stops.

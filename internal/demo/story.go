@@ -280,10 +280,11 @@ func (d *demo) waitReady(ctx context.Context) error {
 	return d.waitFor(ctx, "the agent to render every resource", func() bool { return d.agentStatus().Ready })
 }
 
-func (d *demo) waitReplicated(ctx context.Context, key string) error {
-	return d.waitFor(ctx, "the replica to receive "+key, func() bool {
-		_, err := d.replica.Client().Get(ctx, key, nil)
-		return err == nil
+// waitReplicated waits until the mirror has applied the master's events
+// through index.
+func (d *demo) waitReplicated(ctx context.Context, index uint64) error {
+	return d.waitFor(ctx, fmt.Sprintf("the mirror to apply the master's index %d", index), func() bool {
+		return d.mirrorStatus().AppliedIndex >= index
 	})
 }
 
