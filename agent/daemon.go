@@ -10,6 +10,7 @@ import (
 
 	"github.com/confsync/confsync/backends"
 	"github.com/confsync/confsync/backends/watch"
+	"github.com/confsync/confsync/internal/sdnotify"
 	"github.com/prometheus/client_golang/prometheus"
 )
 
@@ -55,6 +56,9 @@ type Config struct {
 	Options
 	// Registry receives the agent's metrics; nil makes a new one.
 	Registry *prometheus.Registry
+	// Notifier tells systemd when the agent is ready, how it is doing and
+	// that its render queue turns (nil, or outside systemd: nothing).
+	Notifier *sdnotify.Notifier
 }
 
 // Agent is the daemon: one shared watch per root feeding every resource,
@@ -76,6 +80,9 @@ type Agent struct {
 	wake       chan struct{}
 	destLocks  map[string]*sync.Mutex
 	cacheDirty bool
+	// readyNow is closed the first time every resource has been applied.
+	readyNow       chan struct{}
+	announcedReady bool
 
 	cmdCtx context.Context // outlives shutdown by the grace period
 }
@@ -110,6 +117,9 @@ type group struct {
 	rerun    bool
 	settled  bool // rendered once, so later changes wait for quiescence
 	lastRun  time.Time
+	// probe, for the watchdog's probe group, is closed when a worker has
+	// taken it.
+	probe chan struct{}
 }
 
 // New builds an agent and loads its resources. Files that do not load are
@@ -148,6 +158,7 @@ func New(cfg Config) (*Agent, error) {
 		wake:      make(chan struct{}, 1),
 		destLocks: map[string]*sync.Mutex{},
 		started:   time.Now(),
+		readyNow:  make(chan struct{}),
 	}
 	if cfg.StateDir != "" {
 		a.cache = &watch.Cache{Path: filepath.Join(cfg.StateDir, "cache.json"), Source: cfg.CacheSource}
@@ -197,7 +208,8 @@ func (a *Agent) Run(ctx context.Context) error {
 		}()
 	}
 	var bg sync.WaitGroup
-	bg.Add(4)
+	bg.Add(5)
+	go func() { defer bg.Done(); a.superviseSystemd(ctx) }()
 	go func() { defer bg.Done(); every(ctx, time.Second, a.saveCache) }()
 	go func() { defer bg.Done(); every(ctx, a.cfg.ResyncInterval, a.resyncAll) }()
 	go func() { defer bg.Done(); a.watchConfdir(ctx) }()
@@ -357,6 +369,10 @@ func (a *Agent) work(ctx context.Context) {
 			return
 		}
 		a.process(g)
+		if g.probe != nil {
+			close(g.probe)
+			continue
+		}
 		a.mu.Lock()
 		g.running = false
 		if g.rerun {
@@ -433,6 +449,7 @@ func (a *Agent) process(g *group) {
 		a.record(st, outcomes[i])
 	}
 	a.scheduleRetries(g, snaps)
+	a.noteReady()
 }
 
 // retrySlack is how early a retry may run to join its group's pass.

@@ -104,8 +104,17 @@ func (a *Agent) regroup() {
 // Reload re-reads conf.d and templates/, as SIGHUP asks.
 func (a *Agent) Reload() {
 	a.logger.Info("reloading resources")
+	a.cfg.Notifier.Reloading("reloading conf.d and templates")
 	if err := a.loadResources(); err != nil {
 		a.logger.Error("reload failed; keeping every resource as it was", "err", err)
+	}
+	a.mu.Lock()
+	ready := a.announcedReady
+	a.mu.Unlock()
+	if ready {
+		a.cfg.Notifier.Ready(a.statusLine())
+	} else {
+		a.cfg.Notifier.Status(a.statusLine())
 	}
 }
 

@@ -16,6 +16,7 @@ import (
 
 	"github.com/confsync/confsync/agent"
 	"github.com/confsync/confsync/backends/watch"
+	"github.com/confsync/confsync/internal/sdnotify"
 )
 
 // agentFlags are the render flags plus the daemon's own.
@@ -121,6 +122,7 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		Grace:          f.grace,
 		DataFiles:      f.dataFiles(),
 		Watch:          watch.Config{Prefix: f.watchPrefix, NoStream: !f.watchStream},
+		Notifier:       sdnotify.New(),
 		Options:        agent.Options{Noop: f.noop, SyncOnly: f.syncOnly, KeepStageFile: f.keepStageFile, Diff: stdout, Logger: logger},
 	})
 	if err != nil {
