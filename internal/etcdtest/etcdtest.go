@@ -1,12 +1,28 @@
-// Package etcdtest runs real etcd servers in-process, with the v2 API enabled,
-// for tests, benchmarks and the demo.
+// Package etcdtest runs real etcd servers for tests, benchmarks and the
+// demo, and plays the faults a real site has around them.
 //
-// Each Server is a single-member cluster of its own: it listens on free
-// loopback ports, keeps its data in its own directory, and has a unique
-// cluster ID, so several servers in one process behave like independent
-// clusters (a master and a replica, say). A server can be stopped and
-// restarted on the same data and the same ports, which is how tests play an
-// etcd outage.
+// Three kinds of etcd, all on free loopback ports with their own data:
+//
+//   - Server (New): one in-process etcd 3.5 member with the v2 API, a
+//     single-member cluster of its own with a unique cluster ID, so several
+//     servers in one process behave like independent clusters (a master and
+//     a replica, say). It can be stopped and restarted on the same data and
+//     ports, which is how tests play an etcd outage.
+//   - Cluster (NewCluster): in-process etcd 3.5 members forming one
+//     cluster, for leaders, failover, partitions and lagging followers.
+//     Each member's peer traffic passes through a FaultProxy.
+//   - ProcessCluster (NewProcessCluster, NewEtcd36): members as child
+//     processes, Debian's etcd 3.4 by default or etcd 3.6 (no v2 API), for
+//     SIGKILL, SIGSTOP and statistics that must be read from outside the
+//     server (WatcherCount).
+//
+// FaultProxy puts latency, drops, resets, black holes, slow links and
+// response buffering between any client and server; Proxy is an HTTP proxy
+// that records what a client asks of etcd.
+//
+// In-process members log nothing unless ETCDTEST_LOG is set in the
+// environment; process members write to a file per member (LogPath),
+// whose end is shown when a test fails.
 package etcdtest
 
 import (
@@ -57,7 +73,17 @@ type Server struct {
 	ownDir    bool
 	clientURL url.URL // public, served by front
 	innerURL  url.URL // etcd's own listener
-	peerURL   url.URL
+	peerURL   url.URL // advertised to the other members
+	// innerPeerURL is etcd's own peer listener: peerURL itself, unless
+	// peerProxy stands in front of it (Cluster members).
+	innerPeerURL url.URL
+	peerProxy    *FaultProxy
+	// initialCluster is name=peerURL,... of every member; empty for a
+	// server that is a cluster of its own.
+	initialCluster string
+	// listening, when set, is called once etcd has bound its ports,
+	// before it is ready.
+	listening func()
 	token     string
 	mu        sync.Mutex
 	etcd      *embed.Etcd
@@ -79,10 +105,24 @@ func (s *Server) config() *embed.Config {
 	cfg.InitialClusterToken = s.token
 	cfg.ListenClientUrls = []url.URL{s.innerURL}
 	cfg.AdvertiseClientUrls = []url.URL{s.clientURL}
-	cfg.ListenPeerUrls = []url.URL{s.peerURL}
+	cfg.ListenPeerUrls = []url.URL{s.innerPeerURL}
 	cfg.AdvertisePeerUrls = []url.URL{s.peerURL}
 	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
+	if s.initialCluster != "" {
+		// Members exchange heartbeats through proxies in a process that
+		// may run under the race detector on a loaded machine: slower
+		// ticks keep leadership from changing hands spuriously.
+		cfg.TickMs = 50
+		cfg.ElectionMs = 500
+		cfg.InitialCluster = s.initialCluster
+		cfg.PreVote = true // a partitioned member rejoins without deposing the leader
+	}
 	cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(zap.NewNop())
+	if os.Getenv("ETCDTEST_LOG") != "" {
+		if lg, err := zap.NewDevelopment(); err == nil {
+			cfg.ZapLoggerBuilder = embed.NewZapLoggerBuilder(lg.With(zap.String("member", s.opts.Name)))
+		}
+	}
 	if t := s.opts.TLS; t != nil {
 		cfg.ClientTLSInfo = transport.TLSInfo{
 			CertFile:       t.CertFile,
@@ -96,6 +136,20 @@ func (s *Server) config() *embed.Config {
 
 // Start launches a new server and waits until it serves requests.
 func Start(opts Options) (*Server, error) {
+	s, err := newServer(opts)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.Restart(); err != nil {
+		s.Close()
+		return nil, err
+	}
+	return s, nil
+}
+
+// newServer lays out a server (data directory, name, public ports)
+// without starting it.
+func newServer(opts Options) (*Server, error) {
 	s := &Server{opts: opts, dir: opts.Dir}
 	if s.dir == "" {
 		dir, err := os.MkdirTemp("", "confsync-etcd-")
@@ -126,10 +180,7 @@ func Start(opts Options) (*Server, error) {
 	}
 	s.clientURL = url.URL{Scheme: scheme, Host: ln.Addr().String()}
 	s.peerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", peerPort)}
-	if err := s.Restart(); err != nil {
-		s.Close()
-		return nil, err
-	}
+	s.innerPeerURL = s.peerURL
 	return s, nil
 }
 
@@ -161,22 +212,34 @@ func (s *Server) Restart() error {
 	// A port that was free a moment ago can be taken by the time etcd binds
 	// it: pick another internal client port; the peer port is part of the
 	// member's identity, so wait for it instead.
+	// A member behind a peer proxy advertises the proxy, so its own peer
+	// port is as free to change as its client port.
 	for attempt := 0; attempt < 50; attempt++ {
 		port, perr := freePort()
 		if perr != nil {
 			return perr
 		}
 		s.innerURL = url.URL{Scheme: s.clientURL.Scheme, Host: fmt.Sprintf("127.0.0.1:%d", port)}
+		if s.peerProxy != nil {
+			if port, perr = freePort(); perr != nil {
+				return perr
+			}
+			s.innerPeerURL = url.URL{Scheme: "http", Host: fmt.Sprintf("127.0.0.1:%d", port)}
+			s.peerProxy.SetTarget(s.innerPeerURL.Host)
+		}
 		e, err = embed.StartEtcd(s.config())
 		if err == nil || !strings.Contains(err.Error(), "address already in use") {
 			break
 		}
-		if strings.Contains(err.Error(), s.peerURL.Host) {
+		if s.peerProxy == nil && strings.Contains(err.Error(), s.peerURL.Host) {
 			time.Sleep(100 * time.Millisecond)
 		}
 	}
 	if err != nil {
 		return fmt.Errorf("etcdtest: start etcd: %w", err)
+	}
+	if s.listening != nil {
+		s.listening()
 	}
 	select {
 	case <-e.Server.ReadyNotify():
@@ -198,14 +261,32 @@ func (s *Server) Restart() error {
 	return nil
 }
 
-// Stop shuts the server down, keeping its data for Restart.
-func (s *Server) Stop() {
+// Stop shuts the server down, keeping its data for Restart. Its client
+// connections are cut at once; a cluster member that leads hands over
+// leadership first, as etcd does on SIGTERM.
+func (s *Server) Stop() { s.shutdown(false, nil) }
+
+// shutdown stops etcd. hard skips the leadership handover, as SIGKILL
+// would (the caller has cut the peer traffic first). raftStopped, when
+// set, is called once raft has stopped and before the listeners close:
+// cutting the peer connections then spares the second etcd otherwise
+// waits for raft streams that never go idle.
+func (s *Server) shutdown(hard bool, raftStopped func()) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.etcd == nil {
 		return
 	}
 	s.front.close()
+	switch {
+	case hard:
+		s.etcd.Server.HardStop()
+	case raftStopped != nil:
+		s.etcd.Server.Stop()
+	}
+	if raftStopped != nil {
+		raftStopped()
+	}
 	s.etcd.Close()
 	s.etcd, s.front = nil, nil
 }
@@ -222,6 +303,9 @@ func (s *Server) Close() {
 	s.Stop()
 	if s.pendingFront != nil {
 		s.pendingFront.Close()
+	}
+	if s.peerProxy != nil {
+		s.peerProxy.Close()
 	}
 	if s.ownDir {
 		os.RemoveAll(s.dir)
@@ -247,18 +331,25 @@ func (s *Server) ClusterID() string {
 	return s.etcd.Server.Cluster().ID().String()
 }
 
+// memberIDs are the member's ID, 0 when stopped, and the leader it knows
+// of (itself when it leads, 0 when it knows none).
+func (s *Server) memberIDs() (memberID, leaderID uint64) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.etcd == nil {
+		return 0, 0
+	}
+	return uint64(s.etcd.Server.ID()), uint64(s.etcd.Server.Leader())
+}
+
 // Client is a v2 client for this server. Tests that talk TLS must pass a
 // transport that trusts the server.
 func (s *Server) Client(tr ...client.CancelableTransport) client.KeysAPI {
-	cfg := client.Config{Endpoints: []string{s.URL()}, HeaderTimeoutPerRequest: 10 * time.Second}
+	var t client.CancelableTransport
 	if len(tr) > 0 {
-		cfg.Transport = tr[0]
+		t = tr[0]
 	}
-	c, err := client.New(cfg)
-	if err != nil {
-		panic(err) // only fails for malformed endpoints, which we built ourselves
-	}
-	return client.NewKeysAPI(c)
+	return v2Client([]string{s.URL()}, t)
 }
 
 // Set writes a key, failing the test on error.
