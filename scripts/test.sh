@@ -4,7 +4,8 @@
 # (the diff test applies confsync's diffs with it), etcdctl (the gate is
 # tested with the real v2 client) and etcd-server (Debian's etcd 3.4, which
 # internal/etcdtest runs as child processes where a separate process
-# matters: SIGKILL, SIGSTOP, watcher counts). Most tests start etcd
+# matters: SIGKILL, SIGSTOP, watcher counts) and python3-etcd (the relay is
+# tested with the real Python client). Most tests start etcd
 # in-process. Tests against etcd 3.6 build it from internal/etcd36 with the
 # go command on first use.
 set -euo pipefail
@@ -16,6 +17,7 @@ command -v patch >/dev/null || missing+=(patch)
 command -v etcdctl >/dev/null || missing+=(etcd-client)
 [ -x /usr/bin/etcd ] || missing+=(etcd-server)
 command -v htpasswd >/dev/null || missing+=(apache2-utils)
+[ -x /usr/bin/python3 ] && /usr/bin/python3 -c 'import etcd' 2>/dev/null || missing+=(python3-etcd)
 if ((${#missing[@]})); then
 	if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
 		apt-get update -qq
