@@ -51,6 +51,7 @@ type Feed struct {
 	status   FeedStatus
 	endpoint int               // index into c.endpoints of the member in use
 	verdicts map[string]string // endpoint -> verdictStreams or verdictBuffers
+	misses   map[string]int    // endpoint -> proving streams that came late in a row
 	applied  uint64            // the highest index handed to the handler
 	cluster  string            // the cluster ID the handler's data came from
 }
@@ -74,6 +75,9 @@ type FeedConfig struct {
 	MinBackoff, MaxBackoff time.Duration
 	// NoStream keeps to long polls.
 	NoStream bool
+	// ProofTimeout is how long a proving stream may take to deliver an
+	// event etcd holds before it counts against the endpoint (default 5s).
+	ProofTimeout time.Duration
 	// Interval, when positive, re-reads the prefix on that period instead
 	// of watching it.
 	Interval time.Duration
@@ -142,10 +146,10 @@ const (
 	verdictBuffers = "buffers"
 )
 
-// canaryTimeout is how long a proving stream may take to deliver an event
-// etcd already holds. etcd sends it with the headers; only a path that
-// buffers takes longer.
-const canaryTimeout = 5 * time.Second
+// canaryStrikes is how many proving streams in a row must come late for an
+// endpoint to be found holding streams back. etcd sends the event with the
+// headers; a loaded machine may be late once, a path that buffers always is.
+const canaryStrikes = 3
 
 // A Follower keeps a FeedHandler current with one prefix of a cluster: a
 // Feed for etcd's v2 API, or its counterpart for another API.
@@ -167,6 +171,9 @@ func (c *Client) NewFeed(cfg FeedConfig) *Feed {
 	if cfg.WatchHeaderTimeout <= 0 {
 		cfg.WatchHeaderTimeout = 5 * time.Second
 	}
+	if cfg.ProofTimeout <= 0 {
+		cfg.ProofTimeout = 5 * time.Second
+	}
 	if cfg.ResyncInterval == 0 {
 		cfg.ResyncInterval = 10 * time.Minute
 	}
@@ -184,7 +191,7 @@ func (c *Client) NewFeed(cfg FeedConfig) *Feed {
 		logger = slog.New(slog.DiscardHandler)
 	}
 	f := &Feed{c: c, cfg: cfg, logger: logger.With("prefix", cfg.Prefix), resync: make(chan struct{}, 1),
-		verdicts: map[string]string{}}
+		verdicts: map[string]string{}, misses: map[string]int{}}
 	f.status = FeedStatus{Prefix: cfg.Prefix, Endpoint: c.endpoints[0], Mode: modeLongPoll}
 	return f
 }
@@ -538,7 +545,17 @@ func (f *Feed) streams(ctx context.Context, w *follower) bool {
 		return false
 	}
 	if !delivered {
-		f.heldBack(ep, fmt.Sprintf("a streamed watch did not deliver an event etcd holds within %s", canaryTimeout))
+		// One late delivery may be a loaded machine; a path that buffers
+		// fails every time.
+		f.mu.Lock()
+		f.misses[ep]++
+		strikes := f.misses[ep]
+		f.mu.Unlock()
+		if strikes >= canaryStrikes {
+			f.heldBack(ep, fmt.Sprintf("%d streamed watches in a row did not deliver an event etcd holds within %s", strikes, f.cfg.ProofTimeout))
+		} else {
+			f.logger.Info("a proving stream was late; trying again after the next event", "endpoint", ep, "strikes", strikes)
+		}
 		return false
 	}
 	f.mu.Lock()
@@ -560,7 +577,7 @@ func (f *Feed) canary(ctx context.Context, w *follower) (bool, error) {
 	}
 	defer resp.Body.Close()
 	events := decodeEvents(cctx, resp.Body)
-	t := time.NewTimer(canaryTimeout)
+	t := time.NewTimer(f.cfg.ProofTimeout)
 	defer t.Stop()
 	select {
 	case <-ctx.Done():

@@ -175,7 +175,7 @@ func bufferingProxy(t *testing.T, target string) *httptest.Server {
 func TestFeedKeepsToLongPollsBehindABufferingProxy(t *testing.T) {
 	srv := etcdtest.New(t)
 	proxy := bufferingProxy(t, srv.URL())
-	f, r := runFeed(t, []string{proxy.URL}, etcd.FeedConfig{Prefix: "/app"})
+	f, r := runFeed(t, []string{proxy.URL}, etcd.FeedConfig{Prefix: "/app", ProofTimeout: time.Second})
 	for i := 0; i < 20; i++ {
 		srv.Set(t, "/app/k", fmt.Sprint(i))
 		want := fmt.Sprint(i)
