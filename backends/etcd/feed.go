@@ -42,8 +42,11 @@ import (
 // reports for a registration that stays quiet moves a quiet prefix's
 // resume point along with the cluster, inside the history.
 type Feed struct {
-	c      *Client
-	cfg    FeedConfig
+	c *Client
+	// transport is the feed's own, so that its one connection is not
+	// shared with other requests to the cluster.
+	transport *http.Transport
+	cfg       FeedConfig
 	logger *slog.Logger
 	resync chan struct{}
 
@@ -190,7 +193,9 @@ func (c *Client) NewFeed(cfg FeedConfig) *Feed {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	f := &Feed{c: c, cfg: cfg, logger: logger.With("prefix", cfg.Prefix), resync: make(chan struct{}, 1),
+	tr := c.transport.Clone()
+	tr.MaxIdleConnsPerHost = 1
+	f := &Feed{c: c, transport: tr, cfg: cfg, logger: logger.With("prefix", cfg.Prefix), resync: make(chan struct{}, 1),
 		verdicts: map[string]string{}, misses: map[string]int{}}
 	f.status = FeedStatus{Prefix: cfg.Prefix, Endpoint: c.endpoints[0], Mode: modeLongPoll}
 	return f
@@ -226,6 +231,7 @@ func (f *Feed) Resync() {
 
 // Run follows the prefix until ctx ends.
 func (f *Feed) Run(ctx context.Context, h FeedHandler) {
+	defer f.transport.CloseIdleConnections()
 	reason := "initial"
 	for ctx.Err() == nil {
 		l, ok := f.listUntilRead(ctx, reason)
@@ -699,7 +705,7 @@ func (f *Feed) request(ctx context.Context, q url.Values, headerTimeout time.Dur
 		req.SetBasicAuth(f.c.cfg.Username, f.c.cfg.Password)
 	}
 	timer := time.AfterFunc(headerTimeout, cancel)
-	resp, err := f.c.transport.RoundTrip(req)
+	resp, err := f.transport.RoundTrip(req)
 	timedOut := !timer.Stop() && ctx.Err() == nil
 	if err == nil && timedOut {
 		resp.Body.Close()
@@ -800,12 +806,16 @@ func (f *Feed) currentEndpoint() string {
 	return f.c.endpoints[f.endpoint]
 }
 
-// rotate moves to the next endpoint after a failure.
+// rotate moves to the next endpoint after a failure, dropping any
+// connection left idle to the one it leaves (a dial that completed after
+// its request was given up ends there), so that the feed holds one
+// connection at most.
 func (f *Feed) rotate() {
 	f.mu.Lock()
-	defer f.mu.Unlock()
 	f.endpoint = (f.endpoint + 1) % len(f.c.endpoints)
 	f.status.Endpoint = f.c.endpoints[f.endpoint]
+	f.mu.Unlock()
+	f.transport.CloseIdleConnections()
 }
 
 func (f *Feed) setMode(mode string) {
