@@ -1,8 +1,11 @@
 package gate
 
 import (
+	"cmp"
 	"errors"
 	"fmt"
+	"math"
+	"net/netip"
 	"os"
 	"path"
 	"slices"
@@ -20,11 +23,23 @@ import (
 // recursive delete, a TTL on the directory) also removes what lies beneath
 // it, a write to K is allowed only if every rule for a prefix below K allows
 // the writer too.
+//
+// The file may also set rate limits for some clients or users in place of
+// the gate's defaults ([[rate_limit]] entries, see Config.ClientLimit).
 type ACL struct {
 	file   string
 	admins map[string]bool
 	rules  []Rule
 	root   *aclNode
+
+	clientLimits []clientLimit // longest prefix first
+	userLimits   map[string]RateLimit
+}
+
+// clientLimit is the rate limit of the clients within a prefix.
+type clientLimit struct {
+	prefix netip.Prefix
+	limit  RateLimit
 }
 
 // Rule is one [[acl]] entry of the ACL file.
@@ -35,8 +50,19 @@ type Rule struct {
 }
 
 type aclFile struct {
-	Admins []string `toml:"admins"`
-	ACL    []Rule   `toml:"acl"`
+	Admins    []string     `toml:"admins"`
+	ACL       []Rule       `toml:"acl"`
+	RateLimit []limitEntry `toml:"rate_limit"`
+}
+
+// limitEntry is one [[rate_limit]] entry of the ACL file: the limit of
+// each of the listed clients (addresses or CIDR prefixes), or of each of
+// the listed users.
+type limitEntry struct {
+	Clients []string `toml:"clients"`
+	Users   []string `toml:"users"`
+	Rate    *float64 `toml:"rate"`
+	Burst   *int     `toml:"burst"`
 }
 
 // writers is the set of principals a rule (or an intersection of rules)
@@ -97,10 +123,10 @@ func ParseACL(name string, data []byte) (*ACL, error) {
 		for i, k := range undecoded {
 			keys[i] = k.String()
 		}
-		return nil, fmt.Errorf("%s: unknown key %s (known keys: admins, and prefix, users, anonymous in [[acl]])",
+		return nil, fmt.Errorf("%s: unknown key %s (known keys: admins; prefix, users, anonymous in [[acl]]; clients, users, rate, burst in [[rate_limit]])",
 			name, strings.Join(keys, ", "))
 	}
-	a := &ACL{file: name, admins: make(map[string]bool), root: &aclNode{}}
+	a := &ACL{file: name, admins: make(map[string]bool), root: &aclNode{}, userLimits: make(map[string]RateLimit)}
 	for _, u := range f.Admins {
 		if err := checkUserName(u); err != nil {
 			return nil, fmt.Errorf("%s: admins: %w", name, err)
@@ -120,7 +146,77 @@ func ParseACL(name string, data []byte) (*ACL, error) {
 		a.insert(r)
 	}
 	a.root.computeBelow()
+	if err := a.addLimits(f.RateLimit); err != nil {
+		return nil, fmt.Errorf("%s: %w", name, err)
+	}
 	return a, nil
+}
+
+// addLimits checks and indexes the [[rate_limit]] entries.
+func (a *ACL) addLimits(entries []limitEntry) error {
+	seenClients := make(map[netip.Prefix]bool)
+	for i, e := range entries {
+		where := fmt.Sprintf("[[rate_limit]] entry %d", i+1)
+		limit, err := e.limit()
+		if err != nil {
+			return fmt.Errorf("%s: %w", where, err)
+		}
+		if (len(e.Clients) == 0) == (len(e.Users) == 0) {
+			return fmt.Errorf("%s: give either clients (addresses or CIDR prefixes) or users", where)
+		}
+		for _, c := range e.Clients {
+			p, err := parseClientPrefix(c)
+			if err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+			if seenClients[p] {
+				return fmt.Errorf("%s: client %s has a limit already", where, p)
+			}
+			seenClients[p] = true
+			a.clientLimits = append(a.clientLimits, clientLimit{p, limit})
+		}
+		for _, u := range e.Users {
+			if err := checkUserName(u); err != nil {
+				return fmt.Errorf("%s: %w", where, err)
+			}
+			if _, dup := a.userLimits[u]; dup {
+				return fmt.Errorf("%s: user %q has a limit already", where, u)
+			}
+			a.userLimits[u] = limit
+		}
+	}
+	slices.SortStableFunc(a.clientLimits, func(x, y clientLimit) int { return cmp.Compare(y.prefix.Bits(), x.prefix.Bits()) })
+	return nil
+}
+
+func (e limitEntry) limit() (RateLimit, error) {
+	switch {
+	case e.Rate == nil:
+		return RateLimit{}, errors.New("rate is required (requests per second; 0 for no limit)")
+	case math.IsNaN(*e.Rate) || math.IsInf(*e.Rate, 0) || *e.Rate < 0:
+		return RateLimit{}, fmt.Errorf("rate %v: want requests per second, 0 for no limit", *e.Rate)
+	case *e.Rate == 0:
+		return RateLimit{}, nil
+	case e.Burst == nil || *e.Burst < 1:
+		return RateLimit{}, errors.New("burst is required with a rate: how many requests may come at once (at least 1)")
+	}
+	return RateLimit{Rate: *e.Rate, Burst: *e.Burst}, nil
+}
+
+// parseClientPrefix reads an address (a prefix of one) or a CIDR prefix.
+func parseClientPrefix(s string) (netip.Prefix, error) {
+	if a, err := netip.ParseAddr(s); err == nil {
+		a = a.Unmap()
+		return netip.PrefixFrom(a, a.BitLen()), nil
+	}
+	p, err := netip.ParsePrefix(s)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("client %q: want an IP address or a CIDR prefix such as 10.64.0.0/16", s)
+	}
+	if p.Addr().Is4In6() {
+		return netip.Prefix{}, fmt.Errorf("client %q: write IPv4 prefixes as such (10.64.0.0/16)", s)
+	}
+	return p.Masked(), nil
 }
 
 func checkRule(r Rule) error {
@@ -219,6 +315,26 @@ func (a *ACL) MayWrite(key, user string) bool {
 		return false
 	}
 	return n == nil || n.below.allows(user)
+}
+
+// ClientLimit returns the rate limit the file sets for a client address,
+// from the entry with the longest prefix holding it, and whether there is
+// one.
+func (a *ACL) ClientLimit(addr netip.Addr) (RateLimit, bool) {
+	addr = addr.Unmap()
+	for _, c := range a.clientLimits {
+		if c.prefix.Contains(addr) {
+			return c.limit, true
+		}
+	}
+	return RateLimit{}, false
+}
+
+// UserLimit returns the rate limit the file sets for a user, and whether
+// there is one.
+func (a *ACL) UserLimit(user string) (RateLimit, bool) {
+	l, ok := a.userLimits[user]
+	return l, ok
 }
 
 // IsAdmin reports whether user may write etcd's own endpoints.

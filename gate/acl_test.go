@@ -1,6 +1,7 @@
 package gate
 
 import (
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -137,6 +138,17 @@ func TestACLFileIsStrict(t *testing.T) {
 		{"bad user", "[[acl]]\nprefix = \"/a\"\nusers = [\"a:b\"]", "bad user name"},
 		{"wrong type", "[[acl]]\nprefix = \"/a\"\nusers = \"root\"", "acl.toml"},
 		{"not toml", "admins = [", "acl.toml"},
+		{"unknown limit key", "[[rate_limit]]\nusers = [\"x\"]\nrate = 1\nburst = 1\nbursts = 2", "unknown key rate_limit.bursts"},
+		{"limit for nobody", "[[rate_limit]]\nrate = 1\nburst = 1", "give either clients"},
+		{"limit for both", "[[rate_limit]]\nusers = [\"x\"]\nclients = [\"10.0.0.1\"]\nrate = 1\nburst = 1", "give either clients"},
+		{"limit without rate", "[[rate_limit]]\nusers = [\"x\"]\nburst = 1", "rate is required"},
+		{"limit without burst", "[[rate_limit]]\nusers = [\"x\"]\nrate = 10", "burst is required"},
+		{"negative rate", "[[rate_limit]]\nusers = [\"x\"]\nrate = -1\nburst = 1", "rate -1"},
+		{"infinite rate", "[[rate_limit]]\nusers = [\"x\"]\nrate = inf\nburst = 1", "rate +Inf"},
+		{"bad client", "[[rate_limit]]\nclients = [\"10.0.0.0/33\"]\nrate = 1\nburst = 1", `client "10.0.0.0/33"`},
+		{"host name client", "[[rate_limit]]\nclients = [\"conf1001\"]\nrate = 1\nburst = 1", "CIDR prefix"},
+		{"duplicate client", "[[rate_limit]]\nclients = [\"10.0.0.0/8\", \"10.1.0.0/8\"]\nrate = 1\nburst = 1", "client 10.0.0.0/8 has a limit already"},
+		{"duplicate user", "[[rate_limit]]\nusers = [\"x\"]\nrate = 1\nburst = 1\n[[rate_limit]]\nusers = [\"x\"]\nrate = 0", `entry 2: user "x" has a limit already`},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			_, err := ParseACL("acl.toml", []byte(c.text))
@@ -147,6 +159,46 @@ func TestACLFileIsStrict(t *testing.T) {
 				t.Errorf("error %q should name the file and say %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestACLRateLimits: [[rate_limit]] entries set limits for clients (the
+// longest matching prefix wins; IPv4-mapped addresses are IPv4) and users.
+func TestACLRateLimits(t *testing.T) {
+	a := mustACL(t, siteACL+`
+[[rate_limit]]
+clients = ["10.64.0.0/16", "2620:0:861::/48"]
+rate = 500
+burst = 5000
+[[rate_limit]]
+clients = ["10.64.32.7"]
+rate = 0
+[[rate_limit]]
+users = ["conftool", "root"]
+rate = 0.5
+burst = 3
+`)
+	for _, c := range []struct {
+		addr string
+		want RateLimit
+		ok   bool
+	}{
+		{"10.64.1.2", RateLimit{500, 5000}, true},
+		{"::ffff:10.64.1.2", RateLimit{500, 5000}, true},
+		{"10.64.32.7", RateLimit{}, true},
+		{"10.65.0.1", RateLimit{}, false},
+		{"2620:0:861:1::5", RateLimit{500, 5000}, true},
+	} {
+		got, ok := a.ClientLimit(netip.MustParseAddr(c.addr))
+		if got != c.want || ok != c.ok {
+			t.Errorf("ClientLimit(%s) = %v %v, want %v %v", c.addr, got, ok, c.want, c.ok)
+		}
+	}
+	if l, ok := a.UserLimit("root"); !ok || l != (RateLimit{0.5, 3}) {
+		t.Errorf("UserLimit(root) = %v %v", l, ok)
+	}
+	if _, ok := a.UserLimit("pool-eqiad-appserver"); ok {
+		t.Error("a limit for a user the file does not list")
 	}
 }
 

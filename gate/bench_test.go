@@ -94,38 +94,94 @@ func BenchmarkDecision(b *testing.B) {
 }
 
 // BenchmarkGET compares GET of one key straight from an in-process etcd
-// with the same GET through a TLS gate (keep-alive on both legs).
+// with the same GET through a TLS gate (keep-alive on both legs): without
+// rate limits, with the limiter on (a bucket per client, as by default,
+// but with room for the benchmark's rate), and at the default limits,
+// where nearly every request is refused with 429 (how fast the gate sheds
+// a flood).
 func BenchmarkGET(b *testing.B) {
 	etcd := etcdtest.New(b)
 	pki := testpki.New(b)
 	etcd.Set(b, "/conftool/v1/pools/eqiad/appserver/apache2/mw1", `{"pooled":"yes","weight":10}`)
-	srv, err := gate.New(gate.Config{Upstreams: []string{etcd.URL()}, TLSCertFile: pki.ServerCert, TLSKeyFile: pki.ServerKey})
-	if err != nil {
-		b.Fatal(err)
+	var tlsClient *http.Client
+	gateway := func(limit gate.RateLimit) string {
+		srv, err := gate.New(gate.Config{Upstreams: []string{etcd.URL()}, TLSCertFile: pki.ServerCert, TLSKeyFile: pki.ServerKey,
+			ClientLimit: limit, UserLimit: gate.RateLimit{Rate: gate.DefaultUserRate, Burst: gate.DefaultUserBurst}})
+		if err != nil {
+			b.Fatal(err)
+		}
+		ts := httptest.NewUnstartedServer(srv)
+		ts.StartTLS() // httptest's certificate, the same for every server
+		b.Cleanup(ts.Close)
+		if tlsClient == nil {
+			tlsClient = &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64,
+				TLSClientConfig: ts.Client().Transport.(*http.Transport).TLSClientConfig}}
+		}
+		return ts.URL
 	}
-	ts := httptest.NewUnstartedServer(srv)
-	ts.TLS = nil
-	ts.StartTLS()
-	defer ts.Close()
-	for _, c := range []struct {
+	cases := []struct {
 		name, base string
-		client     *http.Client
+		client     **http.Client
+		want       int
 	}{
-		{"direct", etcd.URL(), &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}},
-		{"gate-tls", ts.URL, &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64, TLSClientConfig: ts.Client().Transport.(*http.Transport).TLSClientConfig}}},
-	} {
+		{"direct", etcd.URL(), nil, 200},
+		{"gate-tls", gateway(gate.RateLimit{}), &tlsClient, 200},
+		{"gate-tls-limiter-on", gateway(gate.RateLimit{Rate: 1e12, Burst: 1e9}), &tlsClient, 200},
+		{"gate-tls-over-default-limit", gateway(gate.RateLimit{Rate: gate.DefaultClientRate, Burst: gate.DefaultClientBurst}), &tlsClient, 0},
+	}
+	plain := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}}
+	for _, c := range cases {
+		client := plain
+		if c.client != nil {
+			client = *c.client
+		}
 		b.Run(c.name, func(b *testing.B) {
 			url := c.base + "/v2/keys/conftool/v1/pools/eqiad/appserver/apache2/mw1"
 			b.RunParallel(func(pb *testing.PB) {
 				for pb.Next() {
-					resp, err := c.client.Get(url)
+					resp, err := client.Get(url)
 					if err != nil {
 						b.Fatal(err)
 					}
 					io.Copy(io.Discard, resp.Body)
 					resp.Body.Close()
+					if c.want != 0 && resp.StatusCode != c.want {
+						b.Fatalf("GET: %s", resp.Status)
+					}
 				}
 			})
+		})
+	}
+}
+
+// BenchmarkRateLimit is the limiter's own cost per request: a write the
+// gate refuses itself (read-only), from 1000 client addresses, without and
+// with a bucket per client.
+func BenchmarkRateLimit(b *testing.B) {
+	for _, c := range []struct {
+		name  string
+		limit gate.RateLimit
+	}{{"off", gate.RateLimit{}}, {"on", gate.RateLimit{Rate: 1e12, Burst: 1e9}}} {
+		b.Run(c.name, func(b *testing.B) {
+			srv, err := gate.New(gate.Config{Upstreams: []string{"http://127.0.0.1:1"}, ReadOnly: true, ClientLimit: c.limit})
+			if err != nil {
+				b.Fatal(err)
+			}
+			reqs := make([]*http.Request, 1000)
+			for i := range reqs {
+				reqs[i] = httptest.NewRequest("PUT", "/v2/keys/x", nil)
+				reqs[i].RemoteAddr = fmt.Sprintf("10.64.%d.%d:4242", i/256, i%256)
+			}
+			b.ReportAllocs()
+			i := 0
+			for b.Loop() {
+				w := httptest.NewRecorder()
+				srv.ServeHTTP(w, reqs[i%len(reqs)])
+				if w.Code != http.StatusForbidden {
+					b.Fatal(w.Code)
+				}
+				i++
+			}
 		})
 	}
 }

@@ -37,10 +37,31 @@
 // Watches are streamed on the hijacked client connection, which goes back
 // to the server afterwards if the client keeps it alive (see watch.go);
 // HTTP/1.0 clients such as pybal get close-delimited bodies. Upstream
-// connections are pooled and kept alive (see forward.go). Several
-// upstreams may be given: the gate keeps to the last one that answered
-// and moves to the next when it cannot connect; a request that may have
-// reached etcd is never replayed.
+// connections are pooled and kept alive (see forward.go). A request body
+// is read whole, within a deadline that grows with the bytes received,
+// before anything is sent: etcd never sees part of one (see admit.go).
+//
+// # Failover
+//
+// Several upstreams may be given (every member of a cluster). The gate
+// keeps to one and gives up on it when it cannot be reached, breaks a
+// connection, does not start answering within Config.UpstreamTimeout, or
+// fails etcd's /health (checked every 2s: a member without a leader serves
+// ever older data). Reads then move to the next upstream at once; a
+// request that may have reached etcd is never replayed, and a write
+// failing that way is told it may have been applied. Watches streaming
+// from an upstream given up on end without an event, as etcd ends them,
+// so their clients watch again from the same index, elsewhere.
+//
+// # Hostile clients
+//
+// Requests are rate limited per client address and writes per
+// authenticated user (token buckets, limit.go; 429 with Retry-After).
+// Watches are charged only when answered at once, from etcd's history:
+// a long poll that waits costs nothing. A user the htpasswd file lacks is
+// checked against a dummy hash like its entries, so names cannot be
+// probed by timing. The access log is bounded in size (rotation) and rate
+// (dropped lines are counted and summarised); see accesslog.go.
 //
 // Responses to GET /v2/members, /v2/members/leader and /v2/machines list
 // the gate's own URL as every member's client URL: etcdctl and the v2 client
@@ -51,6 +72,10 @@
 //
 // The read-only flag file, the ACL, the htpasswd file and the certificates
 // are watched (fsnotify on their directories) and reloaded on change, and
-// all at once by Server.Reload (SIGHUP in Main). A file that fails to load
-// leaves the previous version in force.
+// all at once by Server.Reload (SIGHUP in Run, which also reopens the
+// access log). A file that fails to load leaves the previous version in
+// force.
+//
+// The command line (flags, manual, logger) lives in cmd/confsync; Run is
+// the command's whole life given a Config.
 package gate

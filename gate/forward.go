@@ -12,6 +12,7 @@ import (
 	"net/http/httputil"
 	"net/textproto"
 	"net/url"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -26,8 +27,9 @@ import (
 //
 // Keeping upstream connections alive is most of the speed: the site's
 // nginx opened one per request, which cost etcd three times its direct CPU
-// per request. Nothing times out an upstream read, because a watch may
-// wait for days; a client going away closes its upstream connection.
+// per request. Only the wait for an answer's headers is timed (etcd sends
+// even a watch's headers at once); the body is not, because a watch may
+// wait for days. A client going away closes its upstream connection.
 //
 // The forwarder is deliberately smaller than httputil.ReverseProxy with an
 // http.Transport: each request is written and its response read in the
@@ -44,8 +46,14 @@ type forwarder struct {
 	buffers   *bufferPool
 	writers   sync.Pool // *bufio.Writer for request headers and bodies
 
+	// timeout bounds the wait for an answer's headers (see headerTimeout).
+	timeout time.Duration
+
 	onError  func(target *url.URL, err error)
 	onSwitch func(from, to *url.URL)
+	// onDown is told of an upstream given up on (it could not be reached
+	// or did not answer in time), after requests moved to the next one.
+	onDown func(target *url.URL, err error)
 }
 
 const (
@@ -55,8 +63,9 @@ const (
 	tlsHandshakeLimit  = 10 * time.Second
 )
 
-func newForwarder(targets []*url.URL, tlsConfig *tls.Config) *forwarder {
+func newForwarder(targets []*url.URL, tlsConfig *tls.Config, timeout time.Duration) *forwarder {
 	f := &forwarder{
+		timeout: timeout,
 		dialer:  net.Dialer{Timeout: 5 * time.Second, KeepAlive: 30 * time.Second},
 		buffers: newBufferPool(),
 		writers: sync.Pool{New: func() any { return bufio.NewWriterSize(nil, 4<<10) }},
@@ -99,7 +108,10 @@ func (e *upstreamError) Unwrap() error { return e.err }
 // the connection the body is to be read from. Upstreams are tried in
 // order from the preferred one. A request moves on to the next upstream
 // only when it cannot have been acted on: the connection could not be
-// made, or it is a read without a body.
+// made, or it is a read without a body. An upstream that fails (cannot
+// be reached, breaks the connection, does not answer in time) is given up
+// on: the next one becomes the preferred, and onDown is told. (A reused
+// connection the upstream had closed is not a failure; see tryUpstream.)
 func (f *forwarder) roundTrip(r *http.Request) (*http.Response, *upstreamConn, error) {
 	start := int(f.preferred.Load())
 	n := len(f.pools)
@@ -119,6 +131,7 @@ func (f *forwarder) roundTrip(r *http.Request) (*http.Response, *upstreamConn, e
 			return nil, nil, err
 		}
 		f.onError(pool.target, err)
+		f.giveUp(idx, err)
 		lastErr = fmt.Errorf("upstream %s: %w", pool.target, err)
 		var dialErr *dialError
 		if !errors.As(err, &dialErr) && !(bodiless && isReadMethod(r.Method)) {
@@ -126,6 +139,32 @@ func (f *forwarder) roundTrip(r *http.Request) (*http.Response, *upstreamConn, e
 		}
 	}
 	return nil, nil, &upstreamError{lastErr}
+}
+
+// giveUp moves requests off upstream idx, if it is still the preferred
+// one, and tells onDown.
+func (f *forwarder) giveUp(idx int, err error) {
+	n := len(f.pools)
+	if n > 1 && f.preferred.CompareAndSwap(int64(idx), int64((idx+1)%n)) {
+		f.onSwitch(f.pools[idx].target, f.pools[(idx+1)%n].target)
+	}
+	f.onDown(f.pools[idx].target, err)
+}
+
+// errUpstreamTimeout marks an upstream that did not answer in time.
+var errUpstreamTimeout = errors.New("no answer in time")
+
+// headerTimeout is how long etcd may take to start answering r. etcd
+// answers a read that does not ask for a quorum from its own memory, and a
+// watch's headers at once, so those get half the time that writes and
+// quorum reads get: those wait for raft, and etcd's own limit for them is
+// 7s with default settings (5s plus two election timeouts). Past it, etcd
+// is taken to be hung.
+func (f *forwarder) headerTimeout(r *http.Request) time.Duration {
+	if isReadMethod(r.Method) && !strings.Contains(r.URL.RawQuery, "quorum=true") {
+		return f.timeout / 2
+	}
+	return f.timeout
 }
 
 // tryUpstream sends r to one upstream. A bodiless request that fails on a
@@ -163,10 +202,21 @@ func isClosedBeforeAnswer(err error) bool {
 // errClientBody marks a failure to read the client's request body.
 var errClientBody = errors.New("reading the request body")
 
-// exchange writes r on uc and reads the response headers. A failure to
-// write is not the end: the upstream may have answered and closed without
-// reading the whole body, and that answer is the one to pass on.
+// exchange writes r on uc and reads the response headers, within
+// headerTimeout. A failure to write is not the end: the upstream may have
+// answered and closed without reading the whole body, and that answer is
+// the one to pass on.
 func (f *forwarder) exchange(uc *upstreamConn, r *http.Request) (*http.Response, error) {
+	uc.SetDeadline(time.Now().Add(f.headerTimeout(r)))
+	resp, err := f.writeAndRead(uc, r)
+	if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+		return nil, fmt.Errorf("%w: no answer within %v", errUpstreamTimeout, f.headerTimeout(r))
+	}
+	uc.SetDeadline(time.Time{})
+	return resp, err
+}
+
+func (f *forwarder) writeAndRead(uc *upstreamConn, r *http.Request) (*http.Response, error) {
 	bw := f.writers.Get().(*bufio.Writer)
 	bw.Reset(uc.Conn)
 	werr := writeRequest(bw, r, uc.pool.target.Host)

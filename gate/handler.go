@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"log/slog"
 	"net/http"
 	"net/url"
 	"strconv"
@@ -16,7 +15,7 @@ import (
 // ServeHTTP decides and, when allowed, proxies one request.
 func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	rec := &recorder{ResponseWriter: w}
-	entry := newAccessEntry(r, time.Now(), isWatch(r))
+	entry := newAccessEntry(r, time.Now())
 	defer func() {
 		if !rec.handedOff { // else the watch stream accounts for itself
 			entry.status, entry.bytes = rec.status, rec.bytes
@@ -26,6 +25,10 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	if r.URL.Path == "" || r.URL.Path[0] != '/' {
 		writeError(rec, http.StatusBadRequest, 210, "Invalid POST form", "gate: request target must be a path")
+		return
+	}
+	watch := isWatch(r)
+	if !s.admitClient(rec, r, watch) {
 		return
 	}
 	if r.ContentLength > s.cfg.MaxBodyBytes {
@@ -39,13 +42,24 @@ func (s *Server) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 
 	clean := cleanPath(r.URL.Path)
 	canonical := isCanonical(r.URL)
-	if isWrite(r) && !isMetricsPath(clean) {
+	write := isWrite(r) && !isMetricsPath(clean)
+	if write {
 		var ok bool
 		if entry.user, ok = s.admitWrite(rec, r, clean, canonical); !ok {
 			return
 		}
+		if entry.user != "" && !s.admitUser(rec, entry.user) {
+			return
+		}
 	}
-	if entry.watch {
+	release, ok := s.readBody(rec, r)
+	if !ok {
+		return
+	}
+	defer release()
+	entry.forwardedWrite = write
+	if watch {
+		entry.watch = true
 		s.metrics.openWatches.Inc() // finish decrements
 	}
 	var rewrite func([]byte, string) ([]byte, error)
@@ -62,36 +76,31 @@ type accessEntry struct {
 	start                            time.Time
 	status                           int
 	bytes                            int64
-	watch                            bool
+	watch                            bool // a watch was forwarded
+	forwardedWrite                   bool // a write was forwarded
 }
 
-func newAccessEntry(r *http.Request, start time.Time, watch bool) accessEntry {
-	return accessEntry{remote: r.RemoteAddr, method: r.Method, uri: r.RequestURI, proto: r.Proto, start: start, watch: watch}
+func newAccessEntry(r *http.Request, start time.Time) accessEntry {
+	return accessEntry{remote: r.RemoteAddr, method: r.Method, uri: r.RequestURI, proto: r.Proto, start: start}
 }
 
-// finish records a finished request in the metrics and the access log.
+// finish records a finished request in the metrics and the access log,
+// and charges a watch answered at once to its client (see quickWatch).
 func (s *Server) finish(e accessEntry) {
 	if e.status == 0 {
 		e.status = http.StatusOK
 	}
 	elapsed := time.Since(e.start)
 	if e.watch {
-		s.metrics.openWatches.Dec()
+		if elapsed < quickWatch {
+			s.chargeClient(e.remote)
+		}
+		s.metrics.openWatches.Dec() // after the charge: tests wait on it
 	}
 	s.metrics.observe(e.method, e.status, elapsed, e.watch)
-	if s.access == nil {
-		return
+	if s.accessLog != nil {
+		s.accessLog.request(e, elapsed)
 	}
-	s.access.LogAttrs(context.Background(), slog.LevelInfo, "request",
-		slog.String("remote", e.remote),
-		slog.String("method", e.method),
-		slog.String("uri", e.uri),
-		slog.String("proto", e.proto),
-		slog.Int("status", e.status),
-		slog.Int64("bytes", e.bytes),
-		slog.Duration("duration", elapsed),
-		slog.String("user", e.user),
-	)
 }
 
 // forward proxies r to etcd and copies the answer back.
@@ -234,6 +243,17 @@ func (s *Server) forwardError(w http.ResponseWriter, r *http.Request, err error)
 	case errors.Is(err, errClientBody):
 		s.log.Info("request body unreadable", "remote", r.RemoteAddr, "err", err)
 		writeError(w, http.StatusBadRequest, 210, "Invalid POST form", "gate: request body unreadable")
+	case errors.Is(err, errUpstreamTimeout) && !isReadMethod(r.Method):
+		s.log.Error("etcd did not answer a write in time", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusGatewayTimeout, 300, "Raft Internal Error",
+			"gate: etcd did not answer in time; the write may have been applied: read the key before retrying")
+	case !isReadMethod(r.Method) && !errors.As(err, new(*dialError)):
+		s.log.Error("etcd went away before answering a write", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusBadGateway, 300, "Raft Internal Error",
+			"gate: etcd went away before answering; the write may have been applied: read the key before retrying")
+	case errors.Is(err, errUpstreamTimeout):
+		s.log.Error("no upstream answered in time", "method", r.Method, "path", r.URL.Path, "err", err)
+		writeError(w, http.StatusGatewayTimeout, 300, "Raft Internal Error", "gate: no upstream etcd answered in time")
 	default:
 		s.log.Error("no upstream answered", "method", r.Method, "path", r.URL.Path, "err", err)
 		writeError(w, http.StatusBadGateway, 300, "Raft Internal Error", "gate: no upstream etcd reachable")

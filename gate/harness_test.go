@@ -151,6 +151,9 @@ func (h *harness) stop() {
 		if err != nil {
 			h.t.Errorf("Serve: %v", err)
 		}
+		if err := h.srv.Close(); err != nil {
+			h.t.Errorf("Close: %v", err)
+		}
 	case <-time.After(30 * time.Second):
 		h.t.Errorf("Serve did not return after its context was cancelled")
 	}
@@ -171,6 +174,12 @@ type req struct {
 }
 
 func (h *harness) do(r req) response {
+	h.t.Helper()
+	return h.doVia(h.client, r)
+}
+
+// doVia sends r with client c (see clientFrom).
+func (h *harness) doVia(c *http.Client, r req) response {
 	h.t.Helper()
 	var body io.Reader
 	if r.body != "" {
@@ -193,7 +202,7 @@ func (h *harness) do(r req) response {
 	for k, v := range r.header {
 		hr.Header.Set(k, v)
 	}
-	resp, err := h.client.Do(hr)
+	resp, err := c.Do(hr)
 	if err != nil {
 		h.t.Fatalf("%s %s: %v", r.method, r.path, err)
 	}
@@ -203,6 +212,16 @@ func (h *harness) do(r req) response {
 		h.t.Fatalf("%s %s: read body: %v", r.method, r.path, err)
 	}
 	return response{status: resp.StatusCode, header: resp.Header, body: string(b)}
+}
+
+// clientFrom is a client whose connections come from ip, another loopback
+// address (127.0.0.0/8 is all loopback on Linux): another client to the
+// gate's rate limits.
+func (h *harness) clientFrom(ip string) *http.Client {
+	dialer := &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(ip)}}
+	tr := &http.Transport{TLSClientConfig: h.pki.ClientTLS(false), DialContext: dialer.DialContext}
+	h.t.Cleanup(tr.CloseIdleConnections)
+	return &http.Client{Timeout: 60 * time.Second, Transport: tr}
 }
 
 // etcdValue reads a key directly from etcd, bypassing the gate.

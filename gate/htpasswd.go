@@ -7,8 +7,10 @@ import (
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/subtle"
+	"encoding/base64"
 	"fmt"
 	"hash"
+	"maps"
 	"os"
 	"strings"
 	"sync"
@@ -25,9 +27,16 @@ import (
 // presenting the same password is accepted after one HMAC and a
 // constant-time compare. The cache lives and dies with the loaded file, so
 // a changed file drops it. Plain passwords are never stored.
+//
+// A user the file does not know is checked against a dummy hash of the
+// scheme and cost most of the file's entries use, so that refusing an
+// unknown user takes as long as refusing a known one with a wrong
+// password, and user names cannot be probed by timing.
 type Htpasswd struct {
 	file   string
 	hashes map[string]passwordHash
+	dummy  passwordHash // nil for a file without users
+	kinds  map[string]int
 
 	key  []byte
 	macs sync.Pool // of hash.Hash keyed with key
@@ -38,6 +47,8 @@ type Htpasswd struct {
 
 type passwordHash interface {
 	matches(password string) bool
+	// kind names the scheme and cost, e.g. "apr1" or "bcrypt cost 10".
+	kind() string
 }
 
 type bcryptHash []byte
@@ -46,11 +57,41 @@ func (h bcryptHash) matches(password string) bool {
 	return bcrypt.CompareHashAndPassword(h, []byte(password)) == nil
 }
 
+func (h bcryptHash) kind() string {
+	cost, _ := bcrypt.Cost(h) // checked by parseHash
+	return fmt.Sprintf("bcrypt cost %d", cost)
+}
+
 type apr1Hash struct{ full, salt string }
 
 func (h apr1Hash) matches(password string) bool {
 	got := md5Crypt([]byte(password), []byte(h.salt), apr1Magic)
 	return subtle.ConstantTimeCompare([]byte(got), []byte(h.full)) == 1
+}
+
+func (apr1Hash) kind() string { return "apr1" }
+
+// dummyHash makes a hash of the same scheme and cost as like, of a random
+// password nobody knows.
+func dummyHash(like passwordHash) (passwordHash, error) {
+	secret := make([]byte, 18)
+	if _, err := rand.Read(secret); err != nil {
+		return nil, err
+	}
+	password := []byte(base64.RawStdEncoding.EncodeToString(secret))
+	switch h := like.(type) {
+	case bcryptHash:
+		cost, _ := bcrypt.Cost(h)
+		out, err := bcrypt.GenerateFromPassword(password, cost)
+		return bcryptHash(out), err
+	case apr1Hash:
+		salt := make([]byte, 8)
+		for i := range salt {
+			salt[i] = cryptAlphabet[int(secret[i])%len(cryptAlphabet)]
+		}
+		return apr1Hash{full: md5Crypt(password, salt, apr1Magic), salt: string(salt)}, nil
+	}
+	return nil, fmt.Errorf("no dummy for %T", like)
 }
 
 // LoadHtpasswd reads an htpasswd file: one "user:hash" per line, blank lines
@@ -71,6 +112,7 @@ func ParseHtpasswd(name string, data []byte) (*Htpasswd, error) {
 	h := &Htpasswd{
 		file:     name,
 		hashes:   make(map[string]passwordHash),
+		kinds:    make(map[string]int),
 		key:      make([]byte, 32),
 		verified: make(map[string][sha256.Size]byte),
 	}
@@ -98,19 +140,60 @@ func ParseHtpasswd(name string, data []byte) (*Htpasswd, error) {
 			return nil, fmt.Errorf("%s:%d: user %q: %w", name, line, user, err)
 		}
 		h.hashes[user] = ph
+		h.kinds[ph.kind()]++
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("%s: %w", name, err)
 	}
+	if like := h.commonest(); like != nil {
+		dummy, err := dummyHash(like)
+		if err != nil {
+			return nil, fmt.Errorf("%s: dummy hash: %w", name, err)
+		}
+		h.dummy = dummy
+	}
 	return h, nil
 }
+
+// commonest returns a hash of the scheme and cost most entries use (of
+// the costlier on a tie), nil for a file without users.
+func (h *Htpasswd) commonest() passwordHash {
+	var best passwordHash
+	for _, ph := range h.hashes {
+		if best == nil {
+			best = ph
+			continue
+		}
+		n, m := h.kinds[ph.kind()], h.kinds[best.kind()]
+		if n > m || (n == m && ph.kind() > best.kind()) {
+			best = ph
+		}
+	}
+	return best
+}
+
+// Kinds counts the entries by hash scheme and cost ("apr1", "bcrypt cost
+// 10"). A file mixing kinds lets a wrong password's timing tell users of
+// one kind from the others (though not from unknown users, who are timed
+// like the commonest kind).
+func (h *Htpasswd) Kinds() map[string]int { return maps.Clone(h.kinds) }
+
+// maxBcryptCost is the costliest bcrypt hash accepted: cost 14 takes about
+// a second per check (cost 10, etcd v2's own, about 70 ms).
+const maxBcryptCost = 14
 
 func parseHash(stored string) (passwordHash, error) {
 	const advice = "only bcrypt ($2y$, `htpasswd -B`) and apr1 ($apr1$, `htpasswd -m`) are supported"
 	switch {
 	case strings.HasPrefix(stored, "$2y$"), strings.HasPrefix(stored, "$2b$"), strings.HasPrefix(stored, "$2a$"):
-		if _, err := bcrypt.Cost([]byte(stored)); err != nil {
+		cost, err := bcrypt.Cost([]byte(stored))
+		if err != nil {
 			return nil, fmt.Errorf("malformed bcrypt hash: %v", err)
+		}
+		if cost > maxBcryptCost {
+			// Every wrong password costs a check (only right ones are
+			// cached), so such a hash hands anyone a way to burn the CPU.
+			return nil, fmt.Errorf("bcrypt cost %d refused: a check would take over a second; rehash with htpasswd -B -C %d or less", cost, maxBcryptCost)
 		}
 		return bcryptHash(stored), nil
 	case strings.HasPrefix(stored, apr1Magic):
@@ -142,10 +225,17 @@ func (h *Htpasswd) Has(user string) bool {
 // answer came from the cache of verified credentials.
 func (h *Htpasswd) Verify(user, password string) (ok, cached bool) {
 	stored, known := h.hashes[user]
+	mac := h.mac(user, password)
 	if !known {
+		// The same work as for a known user with a wrong password.
+		if h.dummy != nil {
+			h.mu.RLock()
+			_ = h.verified[user]
+			h.mu.RUnlock()
+			h.dummy.matches(password)
+		}
 		return false, false
 	}
-	mac := h.mac(user, password)
 	h.mu.RLock()
 	prev, seen := h.verified[user]
 	h.mu.RUnlock()

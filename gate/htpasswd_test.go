@@ -61,6 +61,7 @@ func TestHtpasswdRefusesUnknownFormatsWithFileAndLine(t *testing.T) {
 		{"sha512crypt", "u:$6$salt$abc", "$6$"},
 		{"bad bcrypt", "u:$2y$04$short", "malformed bcrypt"},
 		{"bad apr1", "u:$apr1$salt$short", "malformed apr1"},
+		{"costly bcrypt", "u:$2y$15$VgFGnPSaKgA4icRrz4f63u4ZqUy3BgCn2IZmq7OTy5gM4GbP9QFBG", "bcrypt cost 15 refused"},
 		{"no colon", "justauser", "want user:hash"},
 		{"duplicate", "root:$apr1$fGLQ4S4A$QXFqKmEGcBIaI9OCECwqB/", "appears twice"},
 	} {
@@ -74,5 +75,40 @@ func TestHtpasswdRefusesUnknownFormatsWithFileAndLine(t *testing.T) {
 				t.Errorf("error %q should name file:line and say %q", err, c.want)
 			}
 		})
+	}
+}
+
+// TestUnknownUsersMeetADummyOfTheCommonestKind: an unknown user's password
+// is checked against a hash of the scheme and cost most users have, so
+// that refusing it takes as long (timed through the gate in
+// TestUnknownUserTakesAsLongAsAWrongPassword).
+func TestUnknownUsersMeetADummyOfTheCommonestKind(t *testing.T) {
+	h, err := ParseHtpasswd("users", []byte(siteHtpasswd))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if h.dummy == nil || h.dummy.kind() != "apr1" {
+		t.Fatalf("dummy for a file of 3 apr1 and 1 bcrypt hashes: %v", h.dummy)
+	}
+	if k := h.Kinds(); k["apr1"] != 3 || k["bcrypt cost 4"] != 1 || len(k) != 2 {
+		t.Errorf("Kinds() = %v", k)
+	}
+	bcrypts := "a:$2y$04$VgFGnPSaKgA4icRrz4f63u4ZqUy3BgCn2IZmq7OTy5gM4GbP9QFBG\n" +
+		"b:$2y$04$VgFGnPSaKgA4icRrz4f63u4ZqUy3BgCn2IZmq7OTy5gM4GbP9QFBG\n" +
+		"c:$apr1$fGLQ4S4A$QXFqKmEGcBIaI9OCECwqB/\n"
+	if h, err = ParseHtpasswd("users", []byte(bcrypts)); err != nil {
+		t.Fatal(err)
+	}
+	if h.dummy == nil || h.dummy.kind() != "bcrypt cost 4" {
+		t.Fatalf("dummy for a file of 2 bcrypt and 1 apr1 hashes: %v", h.dummy.kind())
+	}
+	// Nobody's password matches the dummy, the empty one included.
+	for _, pw := range []string{"", "x", "appserver-pw"} {
+		if h.dummy.matches(pw) {
+			t.Errorf("the dummy hash matches %q", pw)
+		}
+	}
+	if h, _ = ParseHtpasswd("empty", []byte("# nobody\n")); h.dummy != nil {
+		t.Error("a dummy for a file without users")
 	}
 }

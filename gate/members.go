@@ -2,7 +2,10 @@ package gate
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"fmt"
+	"io"
 	"net/http"
 	"strconv"
 	"strings"
@@ -108,4 +111,61 @@ func isWatch(r *http.Request) bool {
 	}
 	b, err := strconv.ParseBool(r.URL.Query().Get("wait"))
 	return err == nil && b
+}
+
+// checkUpstreams asks the preferred upstream for etcd's /health, which
+// fails on a member that is down, hung, has no leader (a follower cut off
+// from the others, serving ever older data) or raised an alarm. When it
+// fails, the first other upstream that is healthy becomes the preferred
+// one, and the watches on the unhealthy one are ended so that their
+// clients watch again there. When none is healthy nothing changes:
+// failing over would not help, and ending watches would only make every
+// client reconnect.
+func (s *Server) checkUpstreams(ctx context.Context) {
+	f := s.fwd
+	cur := int(f.preferred.Load()) % len(f.pools)
+	err := s.upstreamHealth(ctx, f.pools[cur])
+	if err == nil {
+		return
+	}
+	for i := 1; i < len(f.pools); i++ {
+		next := (cur + i) % len(f.pools)
+		if s.upstreamHealth(ctx, f.pools[next]) != nil {
+			continue
+		}
+		if f.preferred.CompareAndSwap(int64(cur), int64(next)) {
+			s.log.Warn("preferred upstream unhealthy", "upstream", f.pools[cur].target.String(), "err", err)
+			f.onSwitch(f.pools[cur].target, f.pools[next].target)
+			f.onDown(f.pools[cur].target, err)
+		}
+		return
+	}
+	s.log.Warn("no upstream is healthy; staying with the preferred one", "upstream", f.pools[cur].target.String(), "err", err)
+}
+
+// upstreamHealth asks one upstream for /health.
+func (s *Server) upstreamHealth(ctx context.Context, pool *connPool) error {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "/health", nil)
+	if err != nil {
+		return err
+	}
+	req.RemoteAddr = "127.0.0.1:0"
+	resp, uc, err := s.fwd.tryUpstream(pool, req, true)
+	if err != nil {
+		s.metrics.upstreamErrors.WithLabelValues(pool.target.String()).Inc()
+		return err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if err == nil && !resp.Close {
+		uc.pool.put(uc)
+	} else {
+		uc.Close()
+	}
+	switch {
+	case err != nil:
+		return err
+	case resp.StatusCode != http.StatusOK || !bytes.Contains(body, []byte(`"health":"true"`)):
+		return fmt.Errorf("/health answered %s %s", resp.Status, bytes.TrimSpace(body))
+	}
+	return nil
 }

@@ -25,6 +25,11 @@ type metrics struct {
 	failovers          prometheus.Counter
 	credentialChecks   *prometheus.CounterVec
 	reloads            *prometheus.CounterVec
+	rateLimited        *prometheus.CounterVec
+	slowBodies         prometheus.Counter
+	accessLogDropped   prometheus.Counter
+	accessLogRotations prometheus.Counter
+	accessLogErrors    prometheus.Counter
 }
 
 func newMetrics(s *Server) *metrics {
@@ -67,10 +72,41 @@ func newMetrics(s *Server) *metrics {
 			Name: "confsync_gate_config_reloads_total",
 			Help: "Reloads of configuration files, by file kind and result (ok, error; on error the previous config stays).",
 		}, []string{"file", "result"}),
+		rateLimited: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "confsync_gate_rate_limited_total",
+			Help: "Requests refused with 429, by the bucket that was empty: client (address) or user.",
+		}, []string{"by"}),
+		slowBodies: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "confsync_gate_slow_bodies_total",
+			Help: "Requests refused with 408 because their body came too slowly; nothing was forwarded.",
+		}),
+		accessLogDropped: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "confsync_gate_access_log_dropped_total",
+			Help: "Access log lines not written: past the rate bound, or while the file could not be rotated.",
+		}),
+		accessLogRotations: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "confsync_gate_access_log_rotations_total",
+			Help: "Times the access log reached its size bound and was rotated.",
+		}),
+		accessLogErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "confsync_gate_access_log_errors_total",
+			Help: "Failures to write or rotate the access log.",
+		}),
 	}
 	m.registry.MustRegister(
 		m.requests, m.duration, m.authFailures, m.readOnlyRejections, m.openWatches,
 		m.upstreamErrors, m.failovers, m.credentialChecks, m.reloads,
+		m.rateLimited, m.slowBodies, m.accessLogDropped, m.accessLogRotations, m.accessLogErrors,
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "confsync_gate_rate_limit_buckets",
+			Help:        "Token buckets held for rate limiting (clients or users seen lately, not yet refilled).",
+			ConstLabels: prometheus.Labels{"by": "client"},
+		}, func() float64 { return float64(s.clientBuckets.size()) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
+			Name:        "confsync_gate_rate_limit_buckets",
+			Help:        "Token buckets held for rate limiting (clients or users seen lately, not yet refilled).",
+			ConstLabels: prometheus.Labels{"by": "user"},
+		}, func() float64 { return float64(s.userBuckets.size()) }),
 		prometheus.NewGaugeFunc(prometheus.GaugeOpts{
 			Name: "confsync_gate_read_only",
 			Help: "1 while the gate refuses writes (read-only mode), else 0.",
@@ -134,8 +170,11 @@ func (s *Server) MetricsHandler() http.Handler {
 	return mux
 }
 
+// probeUpstream asks the preferred upstream (and, failing it, the next)
+// for /version. One that cannot be reached or does not answer in time is
+// given up on, as for any request.
 func (s *Server) probeUpstream(ctx context.Context) error {
-	ctx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.UpstreamTimeout+time.Second) // the header timeout decides
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "/version", nil)
 	if err != nil {

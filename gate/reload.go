@@ -51,6 +51,10 @@ func (s *Server) loadHtpasswd() error {
 	if err != nil {
 		return err
 	}
+	if kinds := users.Kinds(); len(kinds) > 1 {
+		s.log.Warn("htpasswd file mixes hash schemes or costs: a wrong password's timing tells users of one kind from the others; rehash them alike",
+			"file", users.File(), "kinds", fmt.Sprint(kinds))
+	}
 	s.users.Store(users) // a new Htpasswd: the credential cache starts empty
 	return nil
 }
@@ -93,11 +97,19 @@ func (s *Server) checkReadOnlyFile() {
 	}
 }
 
-// Reload re-reads every configuration file and the read-only flag file, as
-// SIGHUP does. A file that fails to load leaves its previous version in
-// force; the errors are returned (and logged) together.
+// Reload re-reads every configuration file and the read-only flag file and
+// reopens the access log file (after logrotate moved it), as SIGHUP does. A
+// file that fails to load leaves its previous version in force; the errors
+// are returned (and logged) together.
 func (s *Server) Reload() error {
-	return s.reload(kindReadOnly, kindTLS, kindUpstream, kindHtpasswd, kindACL)
+	err := s.reload(kindReadOnly, kindTLS, kindUpstream, kindHtpasswd, kindACL)
+	if s.accessLog != nil {
+		if rerr := s.accessLog.reopen(); rerr != nil {
+			s.log.Error("reopen the access log", "err", rerr)
+			err = errors.Join(err, rerr)
+		}
+	}
+	return err
 }
 
 func (s *Server) reload(kinds ...fileKind) error {

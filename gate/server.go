@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"net/url"
 	"os"
 	"path/filepath"
@@ -18,19 +19,60 @@ import (
 
 // Defaults for Config fields left zero.
 const (
+	DefaultListen            = ":4001"
 	DefaultMaxBodyBytes      = 20 << 20 // the site's client_max_body_size: dbconfig blobs
 	DefaultReadHeaderTimeout = 10 * time.Second
+	DefaultBodyTimeout       = 10 * time.Second
+	DefaultBodyMinRate       = 1 << 10   // bytes a second; slower than any real client
 	DefaultIdleTimeout       = time.Hour // keep-alive for long-polling clients
 	DefaultMaxHeaderBytes    = 64 << 10
 	DefaultShutdownTimeout   = 5 * time.Second
+	DefaultUpstreamTimeout   = 10 * time.Second // over etcd's own 7s for writes
+)
+
+// Defaults of the command's rate limits and access log bounds (see
+// docs/gate.md for the reasoning). In a Config, zero means no limit.
+const (
+	// A client address: 100 requests a second on average, 1000 at once.
+	// Ten times what the busiest legitimate host sends (conftool
+	// depooling a whole cluster), a tenth of the read rate at which the
+	// site pages (1000 GETs a second on one etcd member).
+	DefaultClientRate  = 100
+	DefaultClientBurst = 1000
+	// An authenticated user, shared by every host of a pool: 50 writes a
+	// second, 500 at once.
+	DefaultUserRate  = 50
+	DefaultUserBurst = 500
+	// The access log: 100 MiB a file, 9 old files kept (1 GB at most), and
+	// 100 lines a second (1000 at once) before lines are dropped.
+	DefaultAccessLogMaxBytes = 100 << 20
+	DefaultAccessLogKeep     = 9
+	DefaultAccessLogRate     = 100
+	DefaultAccessLogBurst    = 1000
 )
 
 // Config configures a Server. Files are read by New and re-read by Reload
 // and, while Serve runs, whenever they change on disk.
 type Config struct {
+	// Listen is the HOST:PORT Run serves clients on (default DefaultListen).
+	Listen string
+	// MetricsAddr, when set, is the HOST:PORT Run serves MetricsHandler on.
+	MetricsAddr string
+
 	// Upstreams are etcd client URLs (http or https), tried in order with
 	// failover. At least one is required.
 	Upstreams []string
+	// UpstreamTimeout is how long etcd may take to start answering a write
+	// or a quorum read (default DefaultUpstreamTimeout); reads it answers
+	// from memory and watches (whose headers come at once) get half. Past
+	// it the member is taken to be hung: a read moves to the next
+	// upstream, a write gets 504 (it may have been applied), requests go
+	// to the next upstream from then on and watches on the hung one are
+	// ended so that their clients watch again elsewhere. The preferred
+	// upstream is also probed every few seconds while Serve runs, so a
+	// hung member is found without a request having to wait on it.
+	UpstreamTimeout time.Duration
+
 	// UpstreamCAFile verifies https upstreams (default: system roots).
 	// UpstreamCertFile and UpstreamKeyFile are a client certificate for them.
 	UpstreamCAFile, UpstreamCertFile, UpstreamKeyFile string
@@ -59,10 +101,26 @@ type Config struct {
 	MaxHeaderBytes    int           // default DefaultMaxHeaderBytes
 	ShutdownTimeout   time.Duration // default DefaultShutdownTimeout
 
+	// A request body is read whole before anything is forwarded, so etcd
+	// never sees part of one. The client gets BodyTimeout to send it, plus
+	// a second for every BodyMinRate bytes it sent: a client trickling a
+	// body is cut off with 408 (defaults DefaultBodyTimeout and
+	// DefaultBodyMinRate).
+	BodyTimeout time.Duration
+	BodyMinRate int64
+
+	// ClientLimit limits the requests of each client address (IPv6: each
+	// /64), UserLimit the writes of each authenticated user; past them a
+	// request gets 429 with Retry-After. [[rate_limit]] entries of the ACL
+	// file set other limits for the clients and users they list. Zero
+	// values mean no limit (the command defaults to DefaultClientRate and
+	// friends). Open watches are not counted; see quickWatch.
+	ClientLimit, UserLimit RateLimit
+
 	// Logger receives operational logs (default: discard).
 	Logger *slog.Logger
-	// AccessLog receives one record per request (default: none).
-	AccessLog *slog.Logger
+	// AccessLog says where one JSON line per request goes (default: none).
+	AccessLog AccessLogConfig
 }
 
 // Server is the gate: an http.Handler that enforces the ACL and read-only
@@ -70,11 +128,15 @@ type Config struct {
 type Server struct {
 	cfg     Config
 	log     *slog.Logger
-	access  *slog.Logger
 	metrics *metrics
 
 	fwd     *forwarder
 	reentry atomic.Pointer[reentryListener] // set while Serve runs
+
+	bodyBytes     atomic.Int64 // of request bodies held (see bodyBudget)
+	clientBuckets *limiter[netip.Addr]
+	userBuckets   *limiter[string]
+	accessLog     *accessLog // nil without one
 
 	streamsMu sync.Mutex
 	streams   map[*watchStream]struct{} // watches on hijacked connections; nil outside Serve
@@ -108,7 +170,19 @@ func New(cfg Config) (*Server, error) {
 	if cfg.ShutdownTimeout <= 0 {
 		cfg.ShutdownTimeout = DefaultShutdownTimeout
 	}
-	s := &Server{cfg: cfg, log: cfg.Logger, access: cfg.AccessLog}
+	if cfg.Listen == "" {
+		cfg.Listen = DefaultListen
+	}
+	if cfg.UpstreamTimeout <= 0 {
+		cfg.UpstreamTimeout = DefaultUpstreamTimeout
+	}
+	if cfg.BodyTimeout <= 0 {
+		cfg.BodyTimeout = DefaultBodyTimeout
+	}
+	if cfg.BodyMinRate <= 0 {
+		cfg.BodyMinRate = DefaultBodyMinRate
+	}
+	s := &Server{cfg: cfg, log: cfg.Logger, clientBuckets: newLimiter[netip.Addr](), userBuckets: newLimiter[string]()}
 	if s.log == nil {
 		s.log = slog.New(slog.DiscardHandler)
 	}
@@ -125,7 +199,7 @@ func New(cfg Config) (*Server, error) {
 		return nil, err
 	}
 	s.metrics = newMetrics(s)
-	s.fwd = newForwarder(targets, nil)
+	s.fwd = newForwarder(targets, nil, cfg.UpstreamTimeout)
 	s.fwd.onError = func(target *url.URL, err error) {
 		s.metrics.upstreamErrors.WithLabelValues(target.String()).Inc()
 		s.log.Warn("upstream failed", "upstream", target.String(), "err", err)
@@ -134,6 +208,7 @@ func New(cfg Config) (*Server, error) {
 		s.metrics.failovers.Inc()
 		s.log.Warn("failed over to another upstream", "from", from.String(), "to", to.String())
 	}
+	s.fwd.onDown = s.endWatchesOn
 	if err := s.loadUpstreamTLS(); err != nil {
 		return nil, err
 	}
@@ -159,7 +234,19 @@ func New(cfg Config) (*Server, error) {
 		}
 		s.checkReadOnlyFile()
 	}
+	// Last: nothing after it may fail, or the file would stay open.
+	if s.accessLog, err = openAccessLog(cfg.AccessLog, s.log, s.metrics); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// Close writes out and closes the access log. Call it after Serve returned.
+func (s *Server) Close() error {
+	if s.accessLog == nil {
+		return nil
+	}
+	return s.accessLog.Close()
 }
 
 // ReadOnly reports whether writes are refused now.
@@ -202,6 +289,7 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 		ln.Close()
 		return err
 	}
+	go s.probeLoop(watchCtx)
 	rl := newReentryListener(ln)
 	defer rl.Close()
 	s.streamsMu.Lock()
@@ -227,6 +315,26 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 	s.closeStreams()
 	s.fwd.closeIdle()
 	return nil
+}
+
+// upstreamProbeInterval is how often Serve asks the preferred upstream
+// whether it is healthy (see checkUpstreams).
+const upstreamProbeInterval = 2 * time.Second
+
+func (s *Server) probeLoop(ctx context.Context) {
+	if len(s.fwd.pools) < 2 {
+		return // nowhere to fail over to
+	}
+	t := time.NewTicker(upstreamProbeInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			s.checkUpstreams(ctx)
+		}
+	}
 }
 
 func (s *Server) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"strconv"
 	"sync"
@@ -35,6 +36,7 @@ type watchStream struct {
 	body      io.Reader
 	keepAlive bool // frame chunked and hand the connection back afterwards
 	closing   atomic.Bool
+	sent      int64 // bytes of etcd's body passed on
 }
 
 // streamWatch takes over the client connection to stream resp, and reports
@@ -131,11 +133,21 @@ func (ws *watchStream) run(head []byte) {
 	ws.client.SetReadDeadline(time.Now())
 	clientErr := <-detected
 	clientQuiet := errors.Is(clientErr, os.ErrDeadlineExceeded)
+	upstreamOK := err == nil
+	var upErr *upstreamError
+	if errors.As(err, &upErr) && clientQuiet && ws.sent == 0 {
+		// etcd went away (or was given up on) before sending an event. End
+		// the answer as etcd ends a watch without one, empty: the client
+		// watches again from the same index, through the next member.
+		s.log.Info("watch ended without an event: its upstream failed", "upstream", ws.up.pool.target.String(),
+			"remote", ws.log.remote, "uri", ws.log.uri, "err", upErr.err)
+		err = nil
+	}
 	if err == nil && clientQuiet && ws.keepAlive {
 		err = ws.write([]byte("0\r\n\r\n"))
 	}
 
-	if err == nil && clientQuiet && ws.up.br.Buffered() == 0 {
+	if upstreamOK && err == nil && clientQuiet && ws.up.br.Buffered() == 0 {
 		ws.up.pool.put(ws.up)
 	} else {
 		ws.up.Close()
@@ -151,11 +163,12 @@ func (ws *watchStream) run(head []byte) {
 
 // copy streams the body, one chunk per read, waiting for upstream data
 // without holding a copy buffer. The last (empty) chunk is left to run.
+// Failures to read from etcd are *upstreamError.
 func (ws *watchStream) copy() error {
 	for {
 		if ws.up.br.Buffered() == 0 {
 			if _, err := ws.up.br.Peek(1); err != nil && err != io.EOF {
-				return err
+				return &upstreamError{err}
 			}
 		}
 		buf := ws.s.fwd.buffers.Get()
@@ -164,6 +177,7 @@ func (ws *watchStream) copy() error {
 		n, rerr := ws.body.Read(buf[front : len(buf)-2])
 		var werr error
 		if n > 0 {
+			ws.sent += int64(n)
 			frame := buf[front : front+n]
 			if ws.keepAlive {
 				size := strconv.AppendInt(buf[:0:front], int64(n), 16)
@@ -181,7 +195,7 @@ func (ws *watchStream) copy() error {
 		case rerr == io.EOF:
 			return nil // run writes the last chunk
 		case rerr != nil:
-			return rerr
+			return &upstreamError{rerr}
 		}
 	}
 }
@@ -207,6 +221,26 @@ func (s *Server) trackStream(ws *watchStream, add bool) bool {
 	}
 	s.streams[ws] = struct{}{}
 	return true
+}
+
+// endWatchesOn ends the watches streaming from an upstream that was given
+// up on: a hung etcd would leave them open forever. Each ends as etcd ends
+// a watch without an event, and its client watches again elsewhere.
+func (s *Server) endWatchesOn(target *url.URL, err error) {
+	s.streamsMu.Lock()
+	var ended []*watchStream
+	for ws := range s.streams {
+		if ws.up.pool.target == target {
+			ended = append(ended, ws)
+		}
+	}
+	s.streamsMu.Unlock()
+	if len(ended) > 0 {
+		s.log.Warn("ending the watches on an upstream given up on", "upstream", target.String(), "watches", len(ended), "err", err)
+	}
+	for _, ws := range ended {
+		ws.up.Close() // wakes the copy loop, which ends the answer
+	}
 }
 
 // closeStreams cuts every watch being streamed and refuses new ones.

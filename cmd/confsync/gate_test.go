@@ -1,4 +1,4 @@
-package gate_test
+package main
 
 import (
 	"bytes"
@@ -13,13 +13,28 @@ import (
 	"testing"
 	"time"
 
-	"github.com/confsync/confsync/gate"
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testpki"
 	"github.com/confsync/confsync/internal/testutil"
 )
 
-func TestMainUsageAndConfigErrors(t *testing.T) {
+const (
+	gateTestACL = `
+admins = ["root"]
+[[acl]]
+prefix = "/"
+users = ["root"]
+[[acl]]
+prefix = "/conftool"
+users = ["root", "conftool"]
+`
+	// Written by htpasswd -m: root-pw and conftool-pw.
+	gateTestHtpasswd = `root:$apr1$fGLQ4S4A$QXFqKmEGcBIaI9OCECwqB/
+conftool:$apr1$HmN3Vi6J$QhkRVahT7wVasiYAhCq9g.
+`
+)
+
+func TestGateUsageAndConfigErrors(t *testing.T) {
 	pki := testpki.New(t)
 	dir := t.TempDir()
 	badACL := filepath.Join(dir, "bad.toml")
@@ -39,35 +54,40 @@ func TestMainUsageAndConfigErrors(t *testing.T) {
 		{"bad ACL", append(tlsFlags, "-acl", badACL), 2, "unknown key acl.prefx"},
 		{"bad log level", append(tlsFlags, "-log-level", "loud"), 2, "-log-level"},
 		{"bad upstream", append(tlsFlags, "-upstream", "etcd:2379"), 2, "etcd:2379"},
-		{"listen failure", append(tlsFlags, "-listen", "256.0.0.1:1"), 1, "-listen"},
+		{"negative rate", append(tlsFlags, "-client-rate", "-1"), 2, "-client-rate"},
+		{"rate without burst", append(tlsFlags, "-user-burst", "0"), 2, "-user-burst"},
+		{"access log in a missing directory", append(tlsFlags, "-access-log", filepath.Join(dir, "no", "access.log")), 2, "access log"},
+		{"listen failure", append(tlsFlags, "-listen", "256.0.0.1:1"), 1, "listen on 256.0.0.1:1"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			var stdout, stderr bytes.Buffer
-			code := gate.Main(context.Background(), c.args, &stdout, &stderr)
+			code := run(context.Background(), append([]string{"gate"}, c.args...), &stdout, &stderr)
 			if code != c.code || !strings.Contains(stderr.String(), c.want) {
 				t.Errorf("exit %d, want %d; stderr should contain %q:\n%s", code, c.code, c.want, stderr.String())
 			}
 		})
 	}
 	// Every flag of the issue is defined, with usage text.
-	fs := gate.FlagSet()
+	fs := gateFlagSet(&gateFlags{})
 	for _, name := range []string{"listen", "upstream", "upstream-ca", "upstream-cert", "upstream-key", "tls-cert", "tls-key",
-		"htpasswd", "acl", "read-only-file", "read-only", "metrics-addr", "log-level"} {
+		"htpasswd", "acl", "read-only-file", "read-only", "metrics-addr", "log-level",
+		"client-rate", "client-burst", "user-rate", "user-burst", "body-timeout", "body-min-rate",
+		"access-log-max-size", "access-log-keep", "access-log-rate", "access-log-burst"} {
 		if f := fs.Lookup(name); f == nil || f.Usage == "" {
 			t.Errorf("flag -%s missing or undocumented", name)
 		}
 	}
 }
 
-// TestMainServes runs the command end to end: serves TLS, writes the access
+// TestGateServes runs the command end to end: serves TLS, writes the access
 // log, serves its own metrics and health, reopens the access log and
 // reloads on SIGHUP, and exits 0 when its context ends.
-func TestMainServes(t *testing.T) {
+func TestGateServes(t *testing.T) {
 	etcd := etcdtest.New(t)
 	pki := testpki.New(t)
 	dir := t.TempDir()
-	write(t, filepath.Join(dir, "acl.toml"), gate.SiteACL)
-	write(t, filepath.Join(dir, "htpasswd"), siteHtpasswd)
+	os.WriteFile(filepath.Join(dir, "acl.toml"), []byte(gateTestACL), 0o600)
+	os.WriteFile(filepath.Join(dir, "htpasswd"), []byte(gateTestHtpasswd), 0o600)
 	accessLog := filepath.Join(dir, "access.log")
 	flagFile := filepath.Join(dir, "read-only")
 	ctx, cancel := context.WithCancel(context.Background())
@@ -75,7 +95,7 @@ func TestMainServes(t *testing.T) {
 	stderr := &testutil.SyncBuffer{}
 	done := make(chan int, 1)
 	go func() {
-		done <- gate.Main(ctx, []string{
+		done <- run(ctx, []string{"gate",
 			"-listen", "127.0.0.1:0", "-metrics-addr", "127.0.0.1:0",
 			"-upstream", "http://127.0.0.1:1," + etcd.URL(), // a dead one first: failover
 			"-tls-cert", pki.ServerCert, "-tls-key", pki.ServerKey,
@@ -99,7 +119,7 @@ func TestMainServes(t *testing.T) {
 		return resp.StatusCode
 	}
 	if s := put("/conftool/main"); s != 201 {
-		t.Fatalf("PUT through Main: %d", s)
+		t.Fatalf("PUT through the command: %d", s)
 	}
 	testutil.Eventually(t, "the access log line", func() bool {
 		b, _ := os.ReadFile(accessLog)
@@ -130,18 +150,18 @@ func TestMainServes(t *testing.T) {
 		b, _ := os.ReadFile(accessLog)
 		return strings.Contains(string(b), "/v2/keys/conftool/after-hup")
 	})
-	// The flag file switches Main's gate read-only.
-	write(t, flagFile, "")
+	// The flag file switches the command's gate read-only.
+	os.WriteFile(flagFile, nil, 0o600)
 	testutil.Eventually(t, "read-only after the flag file appeared", func() bool { return put("/conftool/ro") == 403 })
 
 	cancel()
 	select {
 	case code := <-done:
 		if code != 0 {
-			t.Errorf("Main exited %d after its context ended:\n%s", code, stderr.String())
+			t.Errorf("gate exited %d after its context ended:\n%s", code, stderr.String())
 		}
 	case <-time.After(30 * time.Second):
-		t.Fatal("Main did not return after its context ended")
+		t.Fatal("gate did not return after its context ended")
 	}
 }
 
