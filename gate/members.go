@@ -121,12 +121,12 @@ func isWatch(r *http.Request) bool {
 // clients watch again there. When none is healthy nothing changes:
 // failing over would not help, and ending watches would only make every
 // client reconnect.
-func (s *Server) checkUpstreams(ctx context.Context) {
+func (s *Server) checkUpstreams(ctx context.Context) error {
 	f := s.fwd
 	cur := int(f.preferred.Load()) % len(f.pools)
 	err := s.upstreamHealth(ctx, f.pools[cur])
 	if err == nil {
-		return
+		return nil
 	}
 	for i := 1; i < len(f.pools); i++ {
 		next := (cur + i) % len(f.pools)
@@ -138,9 +138,12 @@ func (s *Server) checkUpstreams(ctx context.Context) {
 			f.onSwitch(f.pools[cur].target, f.pools[next].target)
 			f.onDown(f.pools[cur].target, err)
 		}
-		return
+		return nil
 	}
-	s.log.Warn("no upstream is healthy; staying with the preferred one", "upstream", f.pools[cur].target.String(), "err", err)
+	if len(f.pools) > 1 {
+		s.log.Warn("no upstream is healthy; staying with the preferred one", "upstream", f.pools[cur].target.String(), "err", err)
+	}
+	return err
 }
 
 // upstreamHealth asks one upstream for /health.

@@ -46,9 +46,18 @@ func Run(ctx context.Context, cfg Config, hangups <-chan os.Signal) error {
 	srv.log.Info("gate listening", "addr", ln.Addr().String(), "tls", cfg.TLSCertFile != "",
 		"upstreams", strings.Join(cfg.Upstreams, ","), "read_only", srv.ReadOnly(),
 		"client_limit", cfg.ClientLimit.String(), "user_limit", cfg.UserLimit.String())
+	go func() {
+		// Ready once listening with the upstream checked (healthy or not:
+		// the status says which, and a gate in front of an etcd that is
+		// down still answers clients with etcd's own errors).
+		checkCtx, cancel := context.WithTimeout(ctx, cfg.UpstreamTimeout)
+		defer cancel()
+		cfg.Notifier.Ready(srv.statusLine(srv.checkUpstreams(checkCtx)))
+	}()
 	if err := srv.Serve(ctx, ln); err != nil {
 		return err
 	}
+	cfg.Notifier.Stopping("gate stopped")
 	srv.log.Info("gate stopped")
 	return nil
 }

@@ -15,6 +15,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/confsync/confsync/internal/sdnotify"
 )
 
 // Defaults for Config fields left zero.
@@ -56,6 +58,10 @@ const (
 type Config struct {
 	// Listen is the HOST:PORT Run serves clients on (default DefaultListen).
 	Listen string
+	// Notifier tells systemd when the gate is ready (listening, upstream
+	// checked), how its upstream is doing, and that its upstream loop
+	// turns (nil, or outside systemd: nothing).
+	Notifier *sdnotify.Notifier
 	// MetricsAddr, when set, is the HOST:PORT Run serves MetricsHandler on.
 	MetricsAddr string
 
@@ -321,10 +327,20 @@ func (s *Server) Serve(ctx context.Context, ln net.Listener) error {
 // whether it is healthy (see checkUpstreams).
 const upstreamProbeInterval = 2 * time.Second
 
+// probeLoop checks the preferred upstream every upstreamProbeInterval,
+// failing over when it is unhealthy, and tells systemd how it went. It is
+// the loop that feeds the watchdog: every check goes through the
+// forwarder's connection pools, with the upstream timeout, so the loop
+// turns whatever etcd does, and stops only when the gate itself is stuck.
 func (s *Server) probeLoop(ctx context.Context) {
-	if len(s.fwd.pools) < 2 {
-		return // nowhere to fail over to
+	wd, err := s.cfg.Notifier.Watchdog("the gate's upstream checks", s.log)
+	if err != nil {
+		s.log.Error("systemd watchdog not used", "err", err)
 	}
+	if len(s.fwd.pools) < 2 && wd == nil && !s.cfg.Notifier.Enabled() {
+		return // nowhere to fail over to, and nobody to tell
+	}
+	go wd.Run(ctx)
 	t := time.NewTicker(upstreamProbeInterval)
 	defer t.Stop()
 	for {
@@ -332,9 +348,24 @@ func (s *Server) probeLoop(ctx context.Context) {
 		case <-ctx.Done():
 			return
 		case <-t.C:
-			s.checkUpstreams(ctx)
+			err := s.checkUpstreams(ctx)
+			s.cfg.Notifier.Status(s.statusLine(err))
+			wd.Alive()
 		}
 	}
+}
+
+// statusLine is the gate's state in one line, for `systemctl status`.
+func (s *Server) statusLine(upstreamErr error) string {
+	mode := "writable"
+	if s.ReadOnly() {
+		mode = "read-only"
+	}
+	up := s.fwd.pools[int(s.fwd.preferred.Load())%len(s.fwd.pools)].target.String()
+	if upstreamErr != nil {
+		return fmt.Sprintf("serving %s; upstream %s unhealthy: %v", mode, up, upstreamErr)
+	}
+	return fmt.Sprintf("serving %s; upstream %s healthy", mode, up)
 }
 
 func (s *Server) getCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {

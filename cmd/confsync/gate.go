@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/gate"
+	"github.com/confsync/confsync/internal/sdnotify"
 )
 
 func gateCommand() command {
@@ -277,6 +278,7 @@ func (o *gateFlags) config(stdout io.Writer) (gate.Config, error) {
 		upstreams = []string{"http://127.0.0.1:2379"}
 	}
 	return gate.Config{
+		Notifier:          sdnotify.New(),
 		Listen:            o.listen,
 		MetricsAddr:       o.metricsAddr,
 		Upstreams:         upstreams,
