@@ -55,6 +55,24 @@ type Config struct {
 	// (default 10s).
 	MaxBackoff time.Duration
 
+	// SourceAPI and DestinationAPI are "v2" (the default) or "v3". v3 to
+	// v3 and v2 to v3 are supported; v3 to v2 is refused by New.
+	SourceAPI, DestinationAPI string
+
+	// LockTTL is the TTL of the lock the mirror holds on the destination
+	// (default 10s, whole seconds, at least 3s). The lock is renewed every
+	// third of it; a mirror that could not renew it stops writing a second
+	// before it can expire.
+	LockTTL time.Duration
+	// Standby makes Run wait while another mirror holds the lock and take
+	// over when it expires. Without it, Run returns a *LockedError naming
+	// the holder once it has seen the holder renew the lock (a lock left
+	// by a dead mirror is waited out: it expires within LockTTL).
+	Standby bool
+	// Version is recorded in the lock, so that an operator knows what
+	// holds a destination.
+	Version string
+
 	// MetricsURL labels the etcdmirror_* metrics (url="..."), as
 	// etcdmirror labels them with the destination URL. Default: the
 	// destination endpoints joined by commas.
@@ -86,12 +104,48 @@ func (c *Config) setDefaults() {
 	if c.MaxBackoff <= 0 {
 		c.MaxBackoff = 10 * time.Second
 	}
+	if c.SourceAPI == "" {
+		c.SourceAPI = apiV2
+	}
+	if c.DestinationAPI == "" {
+		c.DestinationAPI = apiV2
+	}
+	if c.LockTTL <= 0 {
+		c.LockTTL = 10 * time.Second
+	}
 	if c.MetricsURL == "" {
 		c.MetricsURL = strings.Join(c.Destination.Endpoints, ",")
 	}
 	if c.Logger == nil {
 		c.Logger = slog.New(slog.DiscardHandler)
 	}
+}
+
+const (
+	apiV2 = "v2"
+	apiV3 = "v3"
+)
+
+// check refuses settings that cannot work, as a *ConfigError.
+func (c *Config) check() error {
+	for name, api := range map[string]string{"source": c.SourceAPI, "destination": c.DestinationAPI} {
+		if api != apiV2 && api != apiV3 {
+			return configErrorf("%s API %q: want v2 or v3", name, api)
+		}
+	}
+	if c.SourceAPI == apiV3 && c.DestinationAPI == apiV2 {
+		return configErrorf("replicating a v3 source into a v2 destination is not supported (v3 keys have no v2 directories); use a v3 destination")
+	}
+	if c.LockTTL < 3*time.Second || c.LockTTL%time.Second != 0 {
+		return configErrorf("lock TTL %s: must be whole seconds, at least 3s", c.LockTTL)
+	}
+	return nil
+}
+
+// CheckIgnoreRegex reports whether expr is usable as IgnoreKeys.
+func CheckIgnoreRegex(expr string) error {
+	_, err := compileIgnore(expr)
+	return err
 }
 
 // compileIgnore turns the ignore expression into one that must match a

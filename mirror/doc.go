@@ -1,7 +1,10 @@
-// Package mirror replicates a prefix of one etcd cluster into another
-// through the v2 API. It replaces Wikimedia's etcdmirror: same flags, same
-// replication index key, same metric names, so a site switches by changing
-// the binary. What it adds is strictness without fragility.
+// Package mirror replicates a prefix of one etcd cluster into another. It
+// replaces Wikimedia's etcdmirror: same replication index key, same metric
+// names (the command line, with etcdmirror's flags, is confsync mirror in
+// cmd/confsync). What it adds is strictness without fragility, a lock that
+// keeps a destination to one writer, and etcd v3: v3 to v3, and v2 to v3
+// (Config.SourceAPI, Config.DestinationAPI). The v2 destination is
+// described first; see "v3 destinations" for what differs.
 //
 // # Where progress is kept
 //
@@ -11,10 +14,12 @@
 // resumes at that index + 1. Beside it, <index key>.source holds a JSON
 // document with what etcdmirror did not record: the source cluster ID and
 // prefix (a mirror started against another cluster, or with another
-// mapping, refuses to resume), the replay window (below), and which process
-// writes the destination (a second mirror started on the same destination
-// makes the first stop at its next index write). Both keys start with "_"
-// and are therefore hidden from listings and from watches of "/".
+// mapping, refuses to resume), the API the index counts in, the replay
+// window (below), and which process writes the destination. Beside them,
+// <index key>.lock is the destination lock (lock.go): one mirror writes a
+// destination at a time, and a mirror that cannot renew the lock stops
+// writing before anyone else can take it. The keys start with "_" and are
+// therefore hidden from listings and from watches of "/".
 //
 // # Applying events
 //
@@ -90,6 +95,22 @@
 // watch (the deletion of a sibling directory whose name is a string prefix,
 // /conf for /conftool) are ignored; the deletion of a directory above the
 // prefix deletes the destination's copy.
+//
+// # v3 destinations
+//
+// A v3 destination receives changes (v3stream.go): one per source index (a
+// v2 event) or revision (a v3 transaction), as puts and deletes of
+// destination keys. Consecutive changes go into one destination txn that
+// compares every key with the state the source says it held before (and
+// the lock's create revision: a fence), writes the keys and the index key
+// together. The index therefore never lags the data and needs no replay
+// window; a txn whose comparisons fail is examined key by key: a key
+// already holding its result is a replay, one holding neither state has
+// diverged. v2 directories have no v3 counterpart (their deletion deletes
+// the keys below them); v2 TTLs become leases; v3 leases are not copied
+// (the source's lease expiry arrives as delete events). A v3 source is
+// watched with prev_kv from the recorded revision; compaction past it
+// triggers the resync, and progress notifications prove quiet stretches.
 //
 // Transient failures of either cluster (refused connections, timeouts, 5xx,
 // leader elections) are retried with capped exponential backoff and jitter,

@@ -66,7 +66,10 @@ func transient(ctx context.Context, err error) bool {
 	var div *DivergenceError
 	var ref *RefusalError
 	var cfg *ConfigError
-	if errors.As(err, &div) || errors.As(err, &ref) || errors.As(err, &cfg) || errors.Is(err, errHistoryCleared) {
+	var lost *LockLostError
+	var locked *LockedError
+	if errors.As(err, &div) || errors.As(err, &ref) || errors.As(err, &cfg) || errors.Is(err, errHistoryCleared) ||
+		errors.As(err, &lost) || errors.As(err, &locked) {
 		return false
 	}
 	var e client.Error

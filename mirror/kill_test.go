@@ -3,6 +3,9 @@ package mirror
 import (
 	"context"
 	"encoding/json"
+	"flag"
+	"fmt"
+	"log/slog"
 	"math/rand/v2"
 	"os"
 	"os/exec"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testutil"
 )
@@ -19,7 +23,8 @@ import (
 const helperEnv = "CONFSYNC_MIRROR_HELPER_ARGS"
 
 // TestHelperProcess is not a test: it is the mirror run as a separate
-// process by tests that need to kill it with SIGKILL.
+// process by tests that need to kill it with SIGKILL or SIGSTOP. It takes
+// the arguments of confsync mirror that those tests use (helperConfig).
 func TestHelperProcess(t *testing.T) {
 	raw := os.Getenv(helperEnv)
 	if raw == "" {
@@ -29,9 +34,67 @@ func TestHelperProcess(t *testing.T) {
 	if err := json.Unmarshal([]byte(raw), &args); err != nil {
 		os.Exit(3)
 	}
+	cfg, err := helperConfig(args)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
 	defer stop()
-	os.Exit(Main(ctx, args, os.Stdout, os.Stderr))
+	m, err := New(cfg)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(2)
+	}
+	defer m.Close()
+	if err := m.Run(ctx); err != nil {
+		fmt.Fprintf(os.Stderr, "confsync mirror: %v\n", err)
+		os.Exit(1)
+	}
+	os.Exit(0)
+}
+
+// helperConfig reads the subset of confsync mirror's flags that the
+// process tests pass (the real command line lives in cmd/confsync).
+func helperConfig(args []string) (Config, error) {
+	fs := flag.NewFlagSet("helper", flag.ContinueOnError)
+	var cfg Config
+	var debug bool
+	var port int
+	fs.StringVar(&cfg.SourcePrefix, "src-prefix", "/", "")
+	fs.StringVar(&cfg.DestinationPrefix, "dst-prefix", "/replica", "")
+	fs.BoolVar(&cfg.Strip, "strip", false, "")
+	fs.StringVar(&cfg.IgnoreKeys, "src-ignore-keys-regex", "", "")
+	fs.BoolVar(&cfg.Reload, "reload", false, "")
+	fs.IntVar(&port, "port", -1, "")
+	fs.BoolVar(&debug, "d", false, "")
+	fs.DurationVar(&cfg.PollTimeout, "poll-timeout", 5*time.Second, "")
+	fs.DurationVar(&cfg.MaxBackoff, "max-backoff", 500*time.Millisecond, "")
+	fs.StringVar(&cfg.SourceAPI, "src-api", "v2", "")
+	fs.StringVar(&cfg.DestinationAPI, "dst-api", "v2", "")
+	fs.BoolVar(&cfg.Standby, "standby", false, "")
+	fs.DurationVar(&cfg.LockTTL, "lock-ttl", 10*time.Second, "")
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return cfg, err
+		}
+		if fs.NArg() == 0 {
+			break
+		}
+		pos, args = append(pos, fs.Arg(0)), fs.Args()[1:]
+	}
+	if len(pos) != 2 {
+		return cfg, fmt.Errorf("want SRC and DST, got %q", pos)
+	}
+	cfg.Source = etcd.Config{Endpoints: strings.Split(pos[0], ","), RequestTimeout: 2 * time.Second}
+	cfg.Destination = etcd.Config{Endpoints: strings.Split(pos[1], ","), RequestTimeout: 2 * time.Second}
+	level := slog.LevelInfo
+	if debug {
+		level = slog.LevelDebug
+	}
+	cfg.Logger = slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	return cfg, nil
 }
 
 // mirrorProcess is `confsync mirror` running in a child process.
@@ -88,7 +151,7 @@ func (p *mirrorProcess) running() bool {
 func TestKill9DuringWorkloadConverges(t *testing.T) {
 	src, dst := newPair(t)
 	args := []string{"--src-prefix", "/src", "--dst-prefix", "/replica", "--strip",
-		"--src-ignore-keys-regex", "/src/locks(/.*)?", "--port", "-1", "--poll-timeout", "2s", "-d",
+		"--src-ignore-keys-regex", "/src/locks(/.*)?", "--port", "-1", "--poll-timeout", "2s", "-d", "--lock-ttl", "3s",
 		src.URL(), dst.URL()}
 	w := newWorkload(src.Client(), "/src", 42)
 	w.run(context.Background(), 100)

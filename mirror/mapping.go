@@ -109,3 +109,7 @@ func (m keyMap) indexKey() string {
 // record: the source's identity and how far events may already have been
 // applied (see replicationState).
 func (m keyMap) stateKey() string { return m.indexKey() + ".source" }
+
+// lockKey is the other sibling: the lock naming the mirror that writes the
+// destination.
+func (m keyMap) lockKey() string { return m.indexKey() + ".lock" }

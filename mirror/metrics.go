@@ -61,7 +61,7 @@ func newMetrics(m *Mirror) *metrics {
 		}, []string{"side"}),
 		phase: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "confsync_mirror_phase",
-			Help: "1 for the current phase (starting, resync, streaming, stopped), 0 for the others.",
+			Help: "1 for the current phase (starting, standby, resync, streaming, stopped), 0 for the others.",
 		}, []string{"phase"}),
 	}
 	gauge := func(name, help string, constLabels prometheus.Labels, f func(Status) float64) prometheus.Collector {
@@ -86,6 +86,17 @@ func newMetrics(m *Mirror) *metrics {
 			nil, func(s Status) float64 { return unix(s.LastProgress) }),
 		gauge("confsync_mirror_last_error_timestamp_seconds", "When the last error happened (Unix time, 0 if none).",
 			nil, func(s Status) float64 { return unix(s.LastErrorAt) }),
+		prometheus.NewCounterFunc(prometheus.CounterOpts{Name: "confsync_mirror_lock_losses_total",
+			Help: "Times this mirror lost its destination lock and stopped writing."},
+			func() float64 { return float64(m.Status().LockLosses) }),
+		prometheus.NewGaugeFunc(prometheus.GaugeOpts{Name: "confsync_mirror_lock_held",
+			Help: "1 while this mirror holds the destination lock (and may write), 0 otherwise (standby, starting, stopped)."},
+			func() float64 {
+				if m.lock != nil && m.lock.check() == nil {
+					return 1
+				}
+				return 0
+			}),
 		gauge("confsync_mirror_healthy", "1 while the mirror makes progress, 0 once it has stalled for longer than the stall timeout.",
 			nil, func(s Status) float64 {
 				if s.Healthy {
@@ -100,7 +111,7 @@ func newMetrics(m *Mirror) *metrics {
 }
 
 func (x *metrics) setPhase(p string) {
-	for _, name := range []string{phaseStarting, phaseResync, phaseStreaming, phaseStopped} {
+	for _, name := range []string{phaseStarting, phaseStandby, phaseResync, phaseStreaming, phaseStopped} {
 		v := 0.0
 		if name == p {
 			v = 1

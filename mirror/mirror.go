@@ -20,6 +20,7 @@ import (
 
 const (
 	phaseStarting  = "starting"
+	phaseStandby   = "standby"
 	phaseResync    = "resync"
 	phaseStreaming = "streaming"
 	phaseStopped   = "stopped"
@@ -29,19 +30,37 @@ const (
 )
 
 // Mirror replicates one prefix of a source etcd cluster into a destination
-// cluster through the v2 API. Create it with New, start it with Run, and
-// watch it through Status, Handler or Registry.
+// cluster. Create it with New, start it with Run, and watch it through
+// Status, Handler or Registry.
 type Mirror struct {
 	cfg    Config
 	log    *slog.Logger
 	keys   keyMap
 	ignore *regexp.Regexp
-	src    *etcd.Client
-	dst    *etcd.Client
-	state  *stateStore
-	apply  *applier
 	m      *metrics
 	ran    atomic.Bool
+
+	// The source: src (v2) or src3 (v3). srcRotation and extraSources move
+	// the v2 source watch off a member that lags (see rotatedPoller); only
+	// the reader goroutine uses them.
+	src          *etcd.Client
+	src3         *v3Side
+	srcRotation  atomic.Uint64
+	extraSources []*etcd.Client
+
+	// The destination: dst with dkeys, its writes fenced by the lock, and
+	// lockClient, with short per-member timeouts (lockRequestTimeout), for
+	// a v2 destination; dst3 for a v3 one, with lock3 the lock's v3
+	// backend (fencing txns) and leases for v2 TTLs.
+	dst        *etcd.Client
+	dkeys      client.KeysAPI
+	lockClient *etcd.Client
+	dst3       *v3Side
+	lock3      *v3Lock
+	leases     *leaseCache
+	lock       *destLock
+	state      progressStore
+	apply      *applier
 
 	// sourceCluster is the source's cluster ID as recorded on the
 	// destination (or adopted by a resync); every event must carry it.
@@ -67,11 +86,12 @@ type progress struct {
 	replayed       uint64
 	ignored        uint64
 	resyncs        uint64
+	lockLosses     uint64
 }
 
 // Status is a snapshot of the mirror's state.
 type Status struct {
-	Phase string `json:"phase"` // starting, resync, streaming or stopped
+	Phase string `json:"phase"` // starting, standby, resync, streaming or stopped
 	// SourceIndex is the latest source index the mirror knows of;
 	// AppliedIndex the index through which every source event is on the
 	// destination; PersistedIndex what the destination's index key says.
@@ -89,6 +109,9 @@ type Status struct {
 	Replayed uint64 `json:"replayed"`
 	Ignored  uint64 `json:"ignored"`
 	Resyncs  uint64 `json:"resyncs"`
+	// LockLosses counts the times the mirror lost its destination lock
+	// and stopped writing.
+	LockLosses uint64 `json:"lock_losses"`
 	// LastError is the last failure that was retried, with its time.
 	LastError    string    `json:"last_error,omitempty"`
 	LastErrorAt  time.Time `json:"last_error_at,omitzero"`
@@ -101,21 +124,19 @@ type Status struct {
 // contact either cluster; Run does, and rides out their absence.
 func New(cfg Config) (*Mirror, error) {
 	cfg.setDefaults()
+	if err := cfg.check(); err != nil {
+		return nil, err
+	}
 	ignore, err := compileIgnore(cfg.IgnoreKeys)
 	if err != nil {
 		return nil, err
 	}
 	m := &Mirror{cfg: cfg, log: cfg.Logger, ignore: ignore,
 		keys: newKeyMap(cfg.SourcePrefix, cfg.DestinationPrefix, cfg.Strip)}
-	if m.src, err = etcd.New(context.Background(), cfg.Source); err != nil {
-		return nil, &ConfigError{Err: fmt.Errorf("source: %w", err)}
+	if err := m.connect(); err != nil {
+		m.Close()
+		return nil, &ConfigError{Err: err}
 	}
-	if m.dst, err = etcd.New(context.Background(), cfg.Destination); err != nil {
-		m.src.Close()
-		return nil, &ConfigError{Err: fmt.Errorf("destination: %w", err)}
-	}
-	m.state = &stateStore{keys: m.dst.Keys(), indexKey: m.keys.indexKey(), stateKey: m.keys.stateKey(), writer: writerName()}
-	m.apply = &applier{log: m.log, keys: m.dst.Keys(), km: m.keys, ignore: ignore, now: time.Now}
 	m.sourceCluster.Store("")
 	now := time.Now()
 	m.progress = progress{phase: phaseStarting, lastProgress: now, caughtUpAt: now}
@@ -133,39 +154,153 @@ func writerName() string {
 	return fmt.Sprintf("confsync-mirror@%s/%d/%s", host, os.Getpid(), hex.EncodeToString(b))
 }
 
+// connect prepares the clients, the lock and the progress store for the
+// configured APIs.
+func (m *Mirror) connect() error {
+	var err error
+	if m.cfg.SourceAPI == apiV3 {
+		if m.src3, err = newV3Side(m.cfg.Source); err != nil {
+			return fmt.Errorf("source: %w", err)
+		}
+	} else if m.src, err = etcd.New(context.Background(), m.cfg.Source); err != nil {
+		return fmt.Errorf("source: %w", err)
+	}
+	owner := newLockOwner(m.cfg.Version)
+	lockKey := m.keys.lockKey()
+	if m.cfg.DestinationAPI == apiV3 {
+		if m.dst3, err = newV3Side(m.cfg.Destination); err != nil {
+			return fmt.Errorf("destination: %w", err)
+		}
+		m.lock3 = &v3Lock{side: m.dst3, key: lockKey, timeout: lockRequestTimeout(m.cfg)}
+		m.lock = newDestLock(lockKey, m.cfg.LockTTL, owner, m.lock3)
+		m.leases = &leaseCache{side: m.dst3, now: time.Now}
+		m.state = &v3StateStore{side: m.dst3, lock: m.lock, fence: m.lock3.fence,
+			indexKey: m.keys.indexKey(), stateKey: m.keys.stateKey(), writer: writerName()}
+		return nil
+	}
+	if m.dst, err = etcd.New(context.Background(), m.cfg.Destination); err != nil {
+		return fmt.Errorf("destination: %w", err)
+	}
+	lockCfg := m.cfg.Destination
+	lockCfg.RequestTimeout = lockRequestTimeout(m.cfg)
+	if m.lockClient, err = etcd.New(context.Background(), lockCfg); err != nil {
+		return fmt.Errorf("destination: %w", err)
+	}
+	m.lock = newDestLock(lockKey, m.cfg.LockTTL, owner, v2Lock{keys: m.lockClient.Keys(), key: lockKey})
+	m.dkeys = fencedKeys{KeysAPI: m.dst.Keys(), lock: m.lock}
+	m.state = &stateStore{keys: m.dkeys, indexKey: m.keys.indexKey(), stateKey: m.keys.stateKey(), writer: writerName()}
+	m.apply = &applier{log: m.log, keys: m.dkeys, km: m.keys, ignore: m.ignore, now: time.Now}
+	return nil
+}
+
+// lockRequestTimeout bounds one request about the lock: a quarter of its
+// TTL at most, so that a member that hangs costs one attempt and the next
+// attempt, on another member, still renews the lock in time.
+func lockRequestTimeout(cfg Config) time.Duration {
+	t := cfg.LockTTL / 4
+	if d := cfg.Destination.RequestTimeout; d > 0 && d < t {
+		t = d
+	}
+	return t
+}
+
+// Logger is where the mirror logs (Config.Logger, or a discarding one).
+func (m *Mirror) Logger() *slog.Logger { return m.log }
+
 // Close releases the clients' connections.
 func (m *Mirror) Close() {
-	m.src.Close()
-	m.dst.Close()
+	if m.src != nil {
+		m.src.Close()
+	}
+	if m.src3 != nil {
+		m.src3.cli.Close()
+	}
+	for _, c := range m.extraSources {
+		c.Close()
+	}
+	if m.dst != nil {
+		m.dst.Close()
+	}
+	if m.lockClient != nil {
+		m.lockClient.Close()
+	}
+	if m.dst3 != nil {
+		m.dst3.cli.Close()
+	}
 }
 
 // Run replicates until ctx is cancelled (it then returns nil) or the mirror
 // must stop: a *DivergenceError when the destination does not match the
-// source, a *RefusalError when resuming would replicate the wrong data.
-// Unreachable or failing clusters are retried, never returned.
+// source, a *RefusalError when resuming would replicate the wrong data, a
+// *LockedError when another mirror holds the destination (without
+// Standby). Unreachable or failing clusters are retried, never returned.
+// A mirror that loses its lock stops writing, then tries to take the lock
+// again as it did at start.
 func (m *Mirror) Run(ctx context.Context) error {
 	if !m.ran.CompareAndSwap(false, true) {
 		return errors.New("mirror: Run called twice")
 	}
 	defer m.setPhase(phaseStopped)
+	for {
+		err := m.runLocked(ctx)
+		var lost *LockLostError
+		if errors.As(err, &lost) && ctx.Err() == nil {
+			m.log.Error("stopped writing: the destination lock was lost; taking it again before anything else", "err", err)
+			m.count(func(p *progress) { p.lockLosses++ })
+			continue
+		}
+		var div *DivergenceError
+		var ref *RefusalError
+		var locked *LockedError
+		if ctx.Err() != nil && !errors.As(err, &div) && !errors.As(err, &ref) {
+			return nil
+		}
+		if err != nil && !errors.As(err, &locked) {
+			m.log.Error("replication stopped", "err", err)
+		}
+		return err
+	}
+}
+
+// runLocked takes the lock, replicates while holding it, and gives it up.
+func (m *Mirror) runLocked(ctx context.Context) error {
+	m.setPhase(phaseStarting)
+	if err := m.acquireLock(ctx, m.cfg.Standby); err != nil {
+		return err
+	}
+	lctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var keeper sync.WaitGroup
+	keeper.Go(func() { m.keepLock(lctx, cancel) })
+	err := m.replicate(lctx)
+	if cause := context.Cause(lctx); errors.As(cause, new(*LockLostError)) {
+		err = cause
+	}
+	cancel(nil)
+	keeper.Wait()
+	if !errors.As(err, new(*LockLostError)) {
+		m.releaseLock(ctx)
+	}
+	return err
+}
+
+// replicate starts from the destination's index and streams, resyncing
+// when the source's history runs out.
+func (m *Mirror) replicate(ctx context.Context) error {
 	from, err := m.start(ctx)
 	for err == nil {
-		err = m.stream(ctx, from)
+		if m.dst3 != nil {
+			err = m.streamV3(ctx, from)
+		} else {
+			err = m.stream(ctx, from)
+		}
 		if errors.Is(err, errHistoryCleared) {
-			m.log.Warn("the next source index has left etcd's event history; resynchronising without erasing the destination",
+			m.log.Warn("the next source index has left the source's history; resynchronising without erasing the destination",
 				"index", m.Status().AppliedIndex+1)
 			from, err = m.resync(ctx, "history_cleared")
 			continue
 		}
 		break
-	}
-	var div *DivergenceError
-	var ref *RefusalError
-	if ctx.Err() != nil && !errors.As(err, &div) && !errors.As(err, &ref) {
-		return nil
-	}
-	if err != nil {
-		m.log.Error("replication stopped", "err", err)
 	}
 	return err
 }
@@ -186,8 +321,9 @@ func (m *Mirror) loadState(ctx context.Context) (loaded, error) {
 // returns the first source index to read.
 func (m *Mirror) start(ctx context.Context) (uint64, error) {
 	m.setPhase(phaseStarting)
-	m.log.Info("starting replication", "source", m.src.Endpoints(), "source_prefix", m.keys.srcRoot,
-		"destination", m.dst.Endpoints(), "destination_prefix", m.keys.dstBase, "index_key", m.keys.indexKey())
+	m.log.Info("starting replication", "source", m.cfg.Source.Endpoints, "source_api", m.cfg.SourceAPI, "source_prefix", m.keys.srcRoot,
+		"destination", m.cfg.Destination.Endpoints, "destination_api", m.cfg.DestinationAPI,
+		"destination_prefix", m.keys.dstBase, "index_key", m.keys.indexKey())
 	saved, err := m.loadState(ctx)
 	if err != nil {
 		return 0, err
@@ -216,6 +352,9 @@ func (m *Mirror) start(ctx context.Context) (uint64, error) {
 	if err := m.checkIdentity(saved.state, cluster); err != nil {
 		return 0, err
 	}
+	if err := m.checkIndexAPI(saved.state); err != nil {
+		return 0, err
+	}
 	if saved.index > head {
 		return 0, &RefusalError{
 			Reason: fmt.Sprintf("the destination's replication index %d is ahead of the source's current index %d", saved.index, head),
@@ -230,7 +369,8 @@ func (m *Mirror) start(ctx context.Context) (uint64, error) {
 	m.replayThrough.Store(replay)
 	// Take the destination over: record this process as the writer, and
 	// rewrite the index key (same value) so that a mirror still running
-	// elsewhere fails its next fenced index write and stops.
+	// elsewhere (an old one, without the lock) fails its next fenced index
+	// write and stops.
 	err = m.retry(ctx, sideDestination, "write the replication state", func(ctx context.Context) error {
 		err := m.state.writeState(ctx, func(s *replicationState) {
 			m.identify(s, cluster)
@@ -240,7 +380,11 @@ func (m *Mirror) start(ctx context.Context) (uint64, error) {
 		if err != nil {
 			return err
 		}
-		moved, err := m.state.bumpIndex(ctx)
+		v2, ok := m.state.(*stateStore)
+		if !ok {
+			return nil
+		}
+		moved, err := v2.bumpIndex(ctx)
 		if err == nil && moved != saved.index {
 			m.log.Warn("the replication index moved while this mirror started: another mirror was writing this destination and stops at its next write",
 				"read", saved.index, "now", moved)
@@ -252,7 +396,11 @@ func (m *Mirror) start(ctx context.Context) (uint64, error) {
 		return 0, err
 	}
 	m.mu.Lock()
-	m.progress.appliedIndex, m.progress.persistedIndex = saved.index, saved.index
+	// After a lost lock the index key can be below what this mirror had
+	// applied; those events are still on the destination, and the status
+	// never goes back.
+	m.progress.appliedIndex = max(m.progress.appliedIndex, saved.index)
+	m.progress.persistedIndex = saved.index
 	m.mu.Unlock()
 	m.noteSourceIndex(head)
 	m.log.Info("resuming replication", "index", saved.index, "source_index", head, "replay_window_through", replay)
@@ -261,6 +409,7 @@ func (m *Mirror) start(ctx context.Context) (uint64, error) {
 
 func (m *Mirror) identify(s *replicationState, cluster string) {
 	s.SourceClusterID = cluster
+	s.SourceAPI = m.cfg.SourceAPI
 	s.SourcePrefix = m.keys.srcRoot
 	s.DestinationPrefix = m.keys.dstRoot
 	s.Strip = m.cfg.Strip
@@ -289,10 +438,30 @@ func (m *Mirror) checkIdentity(s *replicationState, cluster string) error {
 	return nil
 }
 
+// checkIndexAPI refuses an index counted by another API than the source's:
+// v2 indexes and v3 revisions are different counters.
+func (m *Mirror) checkIndexAPI(s *replicationState) error {
+	recorded := apiV2
+	if s != nil {
+		recorded = s.sourceAPI()
+	}
+	if recorded == m.cfg.SourceAPI {
+		return nil
+	}
+	how := "recorded"
+	if s == nil {
+		how = "assumed (no " + m.keys.stateKey() + " beside it, as etcdmirror leaves it)"
+	}
+	return &RefusalError{
+		Reason: fmt.Sprintf("the replication index %s counts %s indexes (%s), but the source is read through %s", m.keys.indexKey(), recorded, how, m.cfg.SourceAPI),
+		Remedy: "a v2 index and a v3 revision are different counters: restart once with --reload (writes only what differs), or run `confsync mirror set-index` with the new flags",
+	}
+}
+
 // checkOverlap refuses to mirror a cluster into itself where the source and
 // destination subtrees overlap: every write would feed back as an event.
 func (m *Mirror) checkOverlap(srcCluster string) error {
-	dstCluster := m.dst.ClusterID()
+	dstCluster := m.dstClusterID()
 	if srcCluster == "" || srcCluster != dstCluster || !related(m.keys.srcRoot, m.keys.dstBase) {
 		return nil
 	}
@@ -302,8 +471,27 @@ func (m *Mirror) checkOverlap(srcCluster string) error {
 	}
 }
 
-// sourceHead reads the source's current index and cluster ID.
+func (m *Mirror) dstClusterID() string {
+	if m.dst3 != nil {
+		return m.dst3.clusterID()
+	}
+	return m.dst.ClusterID()
+}
+
+// sourceHead reads the source's current index (v3: revision) and cluster
+// ID, through the leader (quorum read): a lagging member cannot make the
+// mirror believe the source went back.
 func (m *Mirror) sourceHead(ctx context.Context) (uint64, string, error) {
+	if m.src3 != nil {
+		var index uint64
+		var cluster string
+		err := m.retry(ctx, sideSource, "read the source revision", func(ctx context.Context) error {
+			var err error
+			index, cluster, err = m.src3.head(ctx, m.keys.srcRoot)
+			return err
+		})
+		return index, cluster, err
+	}
 	var index uint64
 	err := m.retry(ctx, sideSource, "read the source index", func(ctx context.Context) error {
 		resp, err := m.src.Keys().Get(ctx, m.keys.srcRoot, &client.GetOptions{Quorum: true})
@@ -427,7 +615,7 @@ func (m *Mirror) Status() Status {
 	now := time.Now()
 	s := Status{
 		Phase: p.phase, SourceIndex: p.sourceIndex, AppliedIndex: p.appliedIndex, PersistedIndex: p.persistedIndex,
-		Applied: p.applied, Replayed: p.replayed, Ignored: p.ignored, Resyncs: p.resyncs,
+		Applied: p.applied, Replayed: p.replayed, Ignored: p.ignored, Resyncs: p.resyncs, LockLosses: p.lockLosses,
 		LastError: p.lastError, LastErrorAt: p.lastErrorAt, LastProgress: p.lastProgress,
 		Healthy: p.phase != phaseStopped && now.Sub(p.lastProgress) < m.cfg.StallTimeout,
 	}

@@ -95,27 +95,6 @@ func TestRefusesOverlappingPrefixesOnOneCluster(t *testing.T) {
 	}
 }
 
-// Two mirrors writing one destination: the one started last wins, the
-// other stops at its next write of the index.
-func TestSecondMirrorOnOneDestinationStopsTheFirst(t *testing.T) {
-	src, dst := newPair(t)
-	cfg := baseConfig(t, src, dst)
-	cfg.Reload = true
-	first := startMirror(t, cfg)
-	first.waitApplied(t, sentinel(t, src, "/src"))
-	cfg.Reload = false
-	second := startMirror(t, cfg)
-	second.waitApplied(t, sentinel(t, src, "/src"))
-	src.Set(t, "/src/more", "x")
-	err := first.wait(t, 30*time.Second)
-	if ref := asRefusal(err); ref == nil || !strings.Contains(err.Error(), "two mirrors") {
-		t.Fatalf("first mirror: %v", err)
-	}
-	if second.exited() {
-		t.Fatalf("second mirror stopped: %v", second.err)
-	}
-}
-
 // Deleting a directory above the source prefix deletes the replica's copy;
 // the prefix can then come back.
 func TestAncestorDeleteClearsTheDestination(t *testing.T) {

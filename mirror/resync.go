@@ -17,31 +17,74 @@ type comparison struct {
 	compared  int // destination keys the source tree maps to
 }
 
-// compare reads the source prefix (one recursive GET: a consistent state
-// at its X-Etcd-Index) and the destination base, and lists the differences.
+// compare reads the source prefix (one recursive GET, or one range read:
+// a consistent state at its index or revision) and the destination base,
+// and lists the differences.
 func (m *Mirror) compare(ctx context.Context) (*comparison, error) {
 	var src, have *flatTree
 	err := m.retry(ctx, sideSource, "read the source tree", func(ctx context.Context) error {
 		var err error
-		src, err = readTree(ctx, m.src.Keys(), m.keys.srcRoot)
+		if m.src3 != nil {
+			src, err = readTree3(ctx, m.src3, m.keys.srcRoot)
+		} else {
+			src, err = readTree(ctx, m.src.Keys(), m.keys.srcRoot)
+		}
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
-	if src.clusterID == "" {
+	if src.clusterID == "" && m.src != nil {
 		src.clusterID = m.src.ClusterID()
 	}
 	err = m.retry(ctx, sideDestination, "read the destination tree", func(ctx context.Context) error {
 		var err error
-		have, err = readTree(ctx, m.dst.Keys(), m.keys.dstBase)
+		if m.dst3 != nil {
+			have, err = readTree3(ctx, m.dst3, m.keys.dstBase)
+		} else {
+			have, err = readTree(ctx, m.dst.Keys(), m.keys.dstBase)
+		}
 		return err
 	})
 	if err != nil {
 		return nil, err
 	}
 	want := wantedTree(src, m.keys, m.ignore)
-	return &comparison{index: src.index, clusterID: src.clusterID, diffs: diff(want, have, m.keys, m.ignore), compared: len(want.nodes)}, nil
+	if m.dst3 == nil {
+		return &comparison{index: src.index, clusterID: src.clusterID, diffs: diff(want, have, m.keys, m.ignore), compared: len(want.nodes)}, nil
+	}
+	want, have = filesOnly(want), m.mirroredOnly(have)
+	var diffs []difference
+	for _, d := range diff(want, have, m.keys, m.ignore) {
+		if d.kind != diffTTL { // a lease's deadline is not compared
+			diffs = append(diffs, d)
+		}
+	}
+	return &comparison{index: src.index, clusterID: src.clusterID, diffs: diffs, compared: len(want.nodes)}, nil
+}
+
+// filesOnly is a tree as a v3 destination holds it: v2 directories have no
+// v3 counterpart.
+func filesOnly(t *flatTree) *flatTree {
+	out := &flatTree{nodes: map[string]nodeState{}, children: map[string]int{}, index: t.index, clusterID: t.clusterID}
+	for k, n := range t.nodes {
+		if !n.dir {
+			out.nodes[k] = n
+		}
+	}
+	return out
+}
+
+// mirroredOnly drops the destination keys the mirror does not own on a v3
+// destination: hidden ones (the replication keys under /__replication
+// when the destination base is /), which a v2 listing leaves out by itself.
+func (m *Mirror) mirroredOnly(t *flatTree) *flatTree {
+	for k := range t.nodes {
+		if m.keys.hidden(m.keys.toSrc(k)) {
+			delete(t.nodes, k)
+		}
+	}
+	return t
 }
 
 // resync makes the destination equal to the source as of one index without
@@ -116,6 +159,9 @@ func (m *Mirror) resync(ctx context.Context, reason string) (uint64, error) {
 // an explicit write (empty ones, ones with a TTL), then files, and only
 // then what the source no longer has.
 func (m *Mirror) applyDiffs(ctx context.Context, diffs []difference) error {
+	if m.dst3 != nil {
+		return m.applyDiffsV3(ctx, diffs)
+	}
 	var typeFixes, dirs, files, extras []difference
 	for _, d := range diffs {
 		switch {
@@ -132,7 +178,7 @@ func (m *Mirror) applyDiffs(ctx context.Context, diffs []difference) error {
 		}
 	}
 	for _, d := range typeFixes {
-		if err := m.resyncOp(ctx, d, func(ctx context.Context) error { return deleteNode(ctx, m.dst.Keys(), d) }); err != nil {
+		if err := m.resyncOp(ctx, d, func(ctx context.Context) error { return deleteNode(ctx, m.dkeys, d) }); err != nil {
 			return err
 		}
 	}
@@ -143,7 +189,7 @@ func (m *Mirror) applyDiffs(ctx context.Context, diffs []difference) error {
 	}
 	if err := m.parallel(ctx, files, func(ctx context.Context, d difference) error {
 		return m.resyncOp(ctx, d, func(ctx context.Context) error {
-			_, err := m.dst.Keys().Set(ctx, d.dstKey, d.src.value, &client.SetOptions{TTL: ttl(d.src.expires, time.Now())})
+			_, err := m.dkeys.Set(ctx, d.dstKey, d.src.value, &client.SetOptions{TTL: ttl(d.src.expires, time.Now())})
 			if err != nil {
 				return fmt.Errorf("write %s: %w", d.dstKey, err)
 			}
@@ -153,7 +199,7 @@ func (m *Mirror) applyDiffs(ctx context.Context, diffs []difference) error {
 		return err
 	}
 	return m.parallel(ctx, extras, func(ctx context.Context, d difference) error {
-		return m.resyncOp(ctx, d, func(ctx context.Context) error { return deleteNode(ctx, m.dst.Keys(), d) })
+		return m.resyncOp(ctx, d, func(ctx context.Context) error { return deleteNode(ctx, m.dkeys, d) })
 	})
 }
 
@@ -162,7 +208,7 @@ func (m *Mirror) writeDir(ctx context.Context, d difference) error {
 		return m.apply.updateDirTTL(ctx, d.dstKey, d.dst, d.src)
 	}
 	opts := &client.SetOptions{Dir: true, TTL: ttl(d.src.expires, time.Now())}
-	if _, err := m.dst.Keys().Set(ctx, d.dstKey, "", opts); err != nil {
+	if _, err := m.dkeys.Set(ctx, d.dstKey, "", opts); err != nil {
 		return fmt.Errorf("write directory %s: %w", d.dstKey, err)
 	}
 	return nil

@@ -26,6 +26,10 @@ type replicationState struct {
 	SourcePrefix      string `json:"source_prefix"`
 	DestinationPrefix string `json:"destination_prefix"`
 	Strip             bool   `json:"strip"`
+	// SourceAPI is the API the index was read through: a v2 index and a v3
+	// revision are different counters. Absent means v2 (etcdmirror, and
+	// confsync before v3).
+	SourceAPI string `json:"source_api,omitempty"`
 	// MayHaveAppliedThrough is written before the mirror applies events
 	// above the index key whose keys overlap (two events on one key, or on
 	// a directory and something inside it). After a crash, events up to
@@ -80,12 +84,8 @@ func (s *stateStore) load(ctx context.Context) (loaded, error) {
 			Remedy: "another mirror uses a destination prefix below this one; pick a distinct --dst-prefix",
 		}
 	default:
-		l.index, err = strconv.ParseUint(strings.TrimSpace(resp.Node.Value), 10, 64)
-		if err != nil {
-			return l, &RefusalError{
-				Reason: fmt.Sprintf("replication index %s on the destination holds %q, not a decimal etcd index", s.indexKey, resp.Node.Value),
-				Remedy: "set it to the last source index known to be replicated, or run once with --reload",
-			}
+		if l.index, err = parseIndex(s.indexKey, resp.Node.Value); err != nil {
+			return l, err
 		}
 		l.hasIndex = true
 		s.mu.Lock()
@@ -102,12 +102,9 @@ func (s *stateStore) load(ctx context.Context) (loaded, error) {
 	case err != nil:
 		return l, fmt.Errorf("read replication state %s: %w", s.stateKey, err)
 	default:
-		var st replicationState
-		if err := json.Unmarshal([]byte(resp.Node.Value), &st); err != nil {
-			return l, &RefusalError{
-				Reason: fmt.Sprintf("replication state %s on the destination is not valid JSON: %v", s.stateKey, err),
-				Remedy: "delete that key (the mirror then resumes from the index key alone) or run with --reload",
-			}
+		st, err := parseState(s.stateKey, resp.Node.Value)
+		if err != nil {
+			return l, err
 		}
 		l.state = &st
 		s.mu.Lock()
@@ -176,9 +173,9 @@ func (s *stateStore) bumpIndex(ctx context.Context) (uint64, error) {
 		if err != nil {
 			return 0, fmt.Errorf("read replication index %s: %w", s.indexKey, err)
 		}
-		idx, err := strconv.ParseUint(strings.TrimSpace(resp.Node.Value), 10, 64)
+		idx, err := parseIndex(s.indexKey, resp.Node.Value)
 		if err != nil {
-			return 0, &RefusalError{Reason: fmt.Sprintf("replication index %s holds %q, not a decimal etcd index", s.indexKey, resp.Node.Value)}
+			return 0, err
 		}
 		set, err := s.keys.Set(ctx, s.indexKey, resp.Node.Value, &client.SetOptions{PrevIndex: resp.Node.ModifiedIndex})
 		if isCode(err, client.ErrorCodeTestFailed) {
@@ -277,6 +274,49 @@ func (s *stateStore) snapshot() replicationState {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return s.current
+}
+
+// parseIndex reads the index key's value: a decimal source index (or v3
+// revision), as etcdmirror writes it; surrounding white space is allowed.
+func parseIndex(key, value string) (uint64, error) {
+	v := strings.TrimSpace(value)
+	idx, err := strconv.ParseUint(v, 10, 64)
+	if err != nil || (len(v) > 1 && v[0] == '0') {
+		return 0, &RefusalError{
+			Reason: fmt.Sprintf("replication index %s on the destination holds %q, not a decimal etcd index", key, truncate(value, 80)),
+			Remedy: "set it to the last source index known to be replicated, or run once with --reload",
+		}
+	}
+	return idx, nil
+}
+
+// parseState reads the .source document. Unknown fields are accepted, so
+// that an older mirror can resume after a newer one.
+func parseState(key, value string) (replicationState, error) {
+	var st replicationState
+	if err := json.Unmarshal([]byte(value), &st); err != nil {
+		return replicationState{}, &RefusalError{
+			Reason: fmt.Sprintf("replication state %s on the destination is not valid JSON: %v", key, err),
+			Remedy: "delete that key (the mirror then resumes from the index key alone) or run with --reload",
+		}
+	}
+	switch st.SourceAPI {
+	case "", apiV2, apiV3:
+	default:
+		return replicationState{}, &RefusalError{
+			Reason: fmt.Sprintf("replication state %s on the destination names source API %q, neither v2 nor v3", key, truncate(st.SourceAPI, 40)),
+			Remedy: "delete that key or run with --reload",
+		}
+	}
+	return st, nil
+}
+
+// sourceAPI is the API the recorded index counts in.
+func (s replicationState) sourceAPI() string {
+	if s.SourceAPI == "" {
+		return apiV2
+	}
+	return s.SourceAPI
 }
 
 func isCode(err error, code int) bool {

@@ -117,10 +117,12 @@ func (m *Mirror) read(ctx context.Context, from uint64, out chan<- item) error {
 	if err != nil {
 		return nil
 	}
+	keys := m.src.Keys() // for read-ahead; moves with the poller
+	var lag lagCheck
 	next := from
 	for {
 		if head := m.Status().SourceIndex; m.cfg.ReadAhead > 1 && head >= next+readAheadMin {
-			n, err := m.readAhead(ctx, next, head, out)
+			n, err := m.readAhead(ctx, keys, next, head, out)
 			switch {
 			case ctx.Err() != nil:
 				return nil
@@ -158,13 +160,20 @@ func (m *Mirror) read(ctx context.Context, from uint64, out chan<- item) error {
 			}
 			it = item{ev: ev, index: ev.Node.ModifiedIndex}
 			m.noteSourceIndex(max(ev.Index, it.index))
+		case res.QuietThrough >= next-1 && lag.lags(ctx, m, res.QuietThrough):
+			// The member answering registered the watch below what the
+			// cluster had committed before the poll began, twice: it lags
+			// (cut off from its peers, it would prove "quiet" forever).
+			poller, keys = m.leaveLaggingMember(poller, keys, fmt.Errorf(
+				"the source member serving the watch lags: it registered the watch at index %d, the cluster is at %d", res.QuietThrough, lag.floor))
+			continue
 		case res.QuietThrough >= next:
 			// Proved quiet up to there: record it, so that a busy cluster
 			// never pushes the resume index out of etcd's history.
 			it = item{index: res.QuietThrough}
 			m.noteSourceIndex(res.QuietThrough)
 		case res.QuietThrough == next-1:
-			// Nothing happened anywhere in the source: we are current.
+			// Nothing happened under the prefix: we are current.
 			m.noteAlive()
 			continue
 		default:
@@ -176,10 +185,13 @@ func (m *Mirror) read(ctx context.Context, from uint64, out chan<- item) error {
 				return err
 			}
 			if res.QuietThrough > 0 {
-				return &RefusalError{
-					Reason: fmt.Sprintf("the source registered a watch at index %d, below the %d already replicated", res.QuietThrough, next-1),
-					Remedy: "the source was restored or rebuilt; check SRC, then restart with --reload",
-				}
+				// The cluster is not behind (a quorum read says so), but the
+				// member answering the watch is: a lagging or cut-off
+				// follower. Its history is a prefix of the leader's, so
+				// nothing is lost, but it may never catch up: move on.
+				poller, keys = m.leaveLaggingMember(poller, keys, fmt.Errorf(
+					"the source member serving the watch lags: it registered the watch at index %d, below the %d already replicated", res.QuietThrough, next-1))
+				continue
 			}
 			m.noteAlive()
 			continue
@@ -191,6 +203,71 @@ func (m *Mirror) read(ctx context.Context, from uint64, out chan<- item) error {
 		}
 		next = it.index + 1
 	}
+}
+
+// lagCheck tells a member that lags from one that is merely quiet. After
+// each quiet poll it reads the cluster's index through the leader (the
+// floor); a member that registers its next watch below the floor was
+// already behind when the poll began. One such answer can be a follower a
+// few milliseconds behind in applying; two in a row is a member that lags.
+type lagCheck struct {
+	floor   uint64 // the cluster's index after the last quiet poll
+	strikes int
+}
+
+func (l *lagCheck) lags(ctx context.Context, m *Mirror, registered uint64) bool {
+	behind := registered < l.floor
+	if behind {
+		l.strikes++
+	} else {
+		l.strikes = 0
+	}
+	if head, _, err := m.sourceHead(ctx); err == nil {
+		l.floor = head
+		m.noteSourceIndex(head)
+	}
+	if l.strikes >= 2 {
+		l.strikes = 0
+		return true
+	}
+	return false
+}
+
+// leaveLaggingMember reports why the watch moves and returns a poller and
+// read-ahead keys on another member (the same ones if none can be built).
+func (m *Mirror) leaveLaggingMember(poller *etcd.Poller, keys client.KeysAPI, why error) (*etcd.Poller, client.KeysAPI) {
+	m.noteError(sideSource, "watch the source", why)
+	m.log.Warn("moving the source watch to another member", "err", why)
+	c, p, err := m.rotatedPoller()
+	if err != nil {
+		return poller, keys
+	}
+	return p, c.Keys()
+}
+
+// rotatedPoller is a poller on a new client, which picks its member anew
+// (from the endpoints rotated by one, which the v2 client shuffles), so
+// that the watch leaves a member that answers but lags.
+func (m *Mirror) rotatedPoller() (*etcd.Client, *etcd.Poller, error) {
+	n := m.srcRotation.Add(1)
+	cfg := m.cfg.Source
+	eps := m.src.Endpoints()
+	k := int(n % uint64(len(eps)))
+	cfg.Endpoints = append(append([]string(nil), eps[k:]...), eps[:k]...)
+	c, err := etcd.New(context.Background(), cfg)
+	if err != nil {
+		return nil, nil, err
+	}
+	p, err := c.NewPoller(m.keys.srcRoot)
+	if err != nil {
+		c.Close()
+		return nil, nil, err
+	}
+	for _, old := range m.extraSources {
+		old.Close() // its poller was the one being replaced
+	}
+	m.extraSources = []*etcd.Client{c}
+	return c, p, nil
 }
 
 // checkSourceNotBehind refuses a source whose index is below one the mirror
@@ -221,7 +298,7 @@ func (m *Mirror) checkSourceNotBehind(ctx context.Context, replicated uint64) er
 // chain. It stops at the known head of the source, or when the poll it
 // needs does not answer at once (no event yet: the sequential poller, which
 // proves quiet stretches, takes over). It returns the next index to read.
-func (m *Mirror) readAhead(ctx context.Context, next, head uint64, out chan<- item) (uint64, error) {
+func (m *Mirror) readAhead(ctx context.Context, keys client.KeysAPI, next, head uint64, out chan<- item) (uint64, error) {
 	type answer struct {
 		resp *client.Response
 		err  error
@@ -230,7 +307,6 @@ func (m *Mirror) readAhead(ctx context.Context, next, head uint64, out chan<- it
 		answer chan answer
 		cancel context.CancelFunc
 	}
-	keys := m.src.Keys()
 	inflight := map[uint64]poll{}
 	defer func() {
 		for _, p := range inflight {

@@ -2,16 +2,13 @@ package main
 
 import (
 	"flag"
-
-	"github.com/confsync/confsync/gate"
-	"github.com/confsync/confsync/mirror"
 )
 
 func renderCommand() command {
 	return command{
 		name:    "render",
 		summary: "render confd resources once, or one template to stdout",
-		synopsis: `confsync render [-confdir DIR] [-backend etcd|file|env] [-node URL ...] [flags]
+		synopsis: `confsync render [-confdir DIR] [-backend etcd|etcdv3|file|env] [-node URL ...] [flags]
 confsync render -template FILE [-prefix P] -key K [-key K ...] [backend flags]`,
 		description: `Reads every resource in DIR/conf.d (confd's [template] TOML), fetches the
 keys they list with one recursive read per distinct subtree, renders each
@@ -50,12 +47,23 @@ func agentCommand() command {
 confsync agent -interval SECONDS [flags]
 confsync agent -onetime [flags]`,
 		description: `Loads the resources in DIR/conf.d like confsync render, then keeps their
-files current. Each distinct subtree the resources need (a root) is read
-once and then followed with one recursive long-poll watch, whatever the
-number of resources: an event re-renders only the resources whose keys it
-touches. Updates are never missed: the watch resumes from the last index,
-re-reads the root when etcd's history no longer covers it (error 401), when
-the cluster changes or its index goes backwards, and every -resync-interval.
+files current with ONE watch of etcd, however many resources and subtrees
+they read: one recursive read, then one recursive watch of the longest
+common ancestor of every key read (or of -watch-prefix), on one connection.
+Events are routed in memory to the subtrees (roots) the resources read; an
+event re-renders only the resources whose keys it touches, and an event no
+resource reads costs no render and no write.
+
+The watch starts as a long poll and streams (stream=true: events arrive on
+one open answer, no request per event) once etcd has proved, by sending an
+event it already holds at once, that nothing on the way (a buffering proxy)
+holds a stream back; otherwise it keeps to long polls (-watch-stream=false
+always does). Updates are never missed: the watch resumes from the last
+index, re-reads when etcd's history no longer covers it (error 401), when
+the cluster changes or a member is behind what was already seen (read
+again through raft, so data never goes back in time), and every
+-resync-interval. With several -node, a member that fails or hangs (no
+answer to a watch within 5s) is left for the next.
 
 Each root's last-known-good data is saved in -state-dir. Started while etcd
 is down, the agent renders from that cache, reports the data as stale and
@@ -87,29 +95,7 @@ With -interval, every root is re-read on that period instead of watched.
 
 // extraCommands are the commands other than render.
 func extraCommands() []command {
-	return []command{agentCommand(), checkCommand(), demoCommand(), mirrorCommand(), gateCommand()}
-}
-
-func mirrorCommand() command {
-	return command{
-		name:        "mirror",
-		summary:     "replicate a prefix from the master etcd into the replica (etcdmirror-compatible)",
-		synopsis:    mirror.Synopsis,
-		description: mirror.Description,
-		run:         mirror.Main,
-		flags:       mirror.FlagSet,
-	}
-}
-
-func gateCommand() command {
-	return command{
-		name:        "gate",
-		summary:     "TLS, basic auth, per-prefix write ACLs and a read-only switch in front of etcd",
-		synopsis:    gate.Synopsis,
-		description: gate.Description,
-		run:         gate.Main,
-		flags:       gate.FlagSet,
-	}
+	return []command{agentCommand(), checkCommand(), demoCommand(), mirrorCommand(), gateCommand(), relayCommand()}
 }
 
 // demoDoc describes the demo in both builds.

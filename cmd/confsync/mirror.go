@@ -1,4 +1,4 @@
-package mirror
+package main
 
 import (
 	"context"
@@ -16,16 +16,28 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/mirror"
 )
 
-// Synopsis and Description are the manual of confsync mirror, shown by
-// -h and by confsync help mirror.
+func mirrorCommand() command {
+	return command{
+		name:        "mirror",
+		summary:     "replicate a prefix from the master etcd into the replica (etcdmirror-compatible)",
+		synopsis:    mirrorSynopsis,
+		description: mirrorDescription,
+		run:         runMirror,
+		flags:       func() *flag.FlagSet { return mirrorFlagSet(&mirrorFlags{}, "mirror") },
+	}
+}
+
 const (
-	Synopsis = `confsync mirror [flags] SRC DST             replicate, until stopped
+	mirrorSynopsis = `confsync mirror [flags] SRC DST             replicate, until stopped
 confsync mirror verify [flags] SRC DST      compare the trees once
 confsync mirror set-index [flags] SRC DST   switchover: verify, then record the source index on DST`
-	Description = `Replicates one prefix of the etcd cluster SRC into the etcd cluster DST through
-the v2 API, like etcdmirror (same flags, same index key, same metrics).
+	mirrorDescription = `Replicates one prefix of the etcd cluster SRC into the etcd cluster DST, like
+etcdmirror (same flags, same index key, same metrics). Both sides speak the
+v2 API unless --src-api/--dst-api say v3: v3 to v3, and v2 to v3 (readers
+move to v3 while writers still use v2), are supported; v3 to v2 is not.
 SRC and DST are client URLs, several per cluster separated by commas:
   https://conf1007.eqiad.wmnet:2379,https://conf1008.eqiad.wmnet:2379
 Credentials may be given as https://user:password@host:port (as etcdmirror
@@ -33,21 +45,30 @@ takes them) or, kept out of the process list, with --src-user and
 --src-password-file.
 
 Where things are kept on DST:
-  /__replication/<dst prefix>         last replicated source index (decimal, etcdmirror's key;
-                                      /__replication/__ROOT__ when --dst-prefix is /)
-  /__replication/<dst prefix>.source  source cluster ID, prefix and replay window (JSON)
+  /__replication/<dst prefix>         last replicated source index or revision (decimal,
+                                      etcdmirror's key; /__replication/__ROOT__ for --dst-prefix /)
+  /__replication/<dst prefix>.source  source cluster ID, API, prefix and replay window (JSON)
+  /__replication/<dst prefix>.lock    the mirror writing DST: host, pid, start, version (TTL)
+
+One mirror writes a destination at a time: it holds the .lock key and
+renews it every --lock-ttl/3. A second mirror exits with status 1 naming
+the holder, or with --standby waits and takes over when the lock expires
+(the holder stopped, died or hung). A mirror that cannot renew its lock
+stops writing before the lock can expire.
 
 A first start needs an index: run once with --reload (copies the source,
 writing only keys that differ and never erasing the destination), or use
 set-index when the trees already match. Replication then resumes at
-index+1 after every restart. If etcd's 1000-event history no longer holds
-that index, the mirror resynchronises the same way, automatically.
+index+1 after every restart. If the source's history no longer holds that
+index (v2: etcd's 1000 events; v3: compaction), the mirror resynchronises
+the same way, automatically.
 
 Exit status: 0 when stopped by SIGTERM/SIGINT (or verify found no
 difference), 1 when replication must stop (the destination diverged from
-the source, or resuming would copy the wrong data: the message says why and
-what to do) or verify found differences, 2 for bad flags or arguments.
-Unreachable clusters are retried with backoff, never a reason to exit.
+the source, resuming would copy the wrong data, or another mirror holds the
+destination: the message says why and what to do) or verify found
+differences, 2 for bad flags or arguments. Unreachable clusters are
+retried with backoff, never a reason to exit.
 
 HTTP (--port): /lag (plain integer), /metrics, /healthz, /status.
 verify and set-index take the same flags; those about streaming (--reload,
@@ -55,13 +76,8 @@ verify and set-index take the same flags; those about streaming (--reload,
 `
 )
 
-// usage is the -h text: the manual, then the flags.
-func usage() string {
-	return "Usage:\n  " + strings.ReplaceAll(Synopsis, "\n", "\n  ") + "\n\n" + Description + "\nFlags:\n"
-}
-
-// options are the command-line flags.
-type options struct {
+// mirrorFlags are the command-line flags of confsync mirror.
+type mirrorFlags struct {
 	debug, reload, strip    bool
 	srcPrefix, dstPrefix    string
 	ignore                  string
@@ -72,21 +88,18 @@ type options struct {
 	pollTimeout, stallAfter time.Duration
 	maxBackoff, reqTimeout  time.Duration
 	oneShotTimeout          time.Duration
-	src, dst                sideOptions
+	srcAPI, dstAPI          string
+	standby                 bool
+	lockTTL                 time.Duration
+	src, dst                mirrorSideFlags
 }
 
-type sideOptions struct {
+type mirrorSideFlags struct {
 	ca, cert, key, user, passwordFile string
 	insecure                          bool
 }
 
-// FlagSet returns the flags of `confsync mirror` (the verify and set-index
-// sub-commands take the same ones).
-func FlagSet() *flag.FlagSet {
-	return newFlagSet(&options{}, "mirror")
-}
-
-func newFlagSet(o *options, name string) *flag.FlagSet {
+func mirrorFlagSet(o *mirrorFlags, name string) *flag.FlagSet {
 	fs := flag.NewFlagSet(name, flag.ContinueOnError)
 	fs.BoolVar(&o.debug, "debug", false, "log at debug level")
 	fs.BoolVar(&o.debug, "d", false, "short for --debug")
@@ -105,9 +118,13 @@ func newFlagSet(o *options, name string) *flag.FlagSet {
 	fs.DurationVar(&o.maxBackoff, "max-backoff", 10*time.Second, "longest wait between retries of a failing request")
 	fs.DurationVar(&o.reqTimeout, "request-timeout", 10*time.Second, "wait for one etcd member's answer before trying the next")
 	fs.DurationVar(&o.oneShotTimeout, "timeout", time.Minute, "verify and set-index: give up after this long when a cluster does not answer")
+	fs.StringVar(&o.srcAPI, "src-api", "v2", "etcd `API` of the source: v2 or v3")
+	fs.StringVar(&o.dstAPI, "dst-api", "v2", "etcd `API` of the destination: v2 or v3 (v3 needs nothing on the source side: v2 to v3 works)")
+	fs.BoolVar(&o.standby, "standby", false, "when another mirror holds the destination's lock, wait and take over once it expires instead of exiting 1")
+	fs.DurationVar(&o.lockTTL, "lock-ttl", 10*time.Second, "`TTL` of the destination lock; renewed every third of it. A dead mirror is replaced after at most this long")
 	for _, side := range []struct {
 		prefix, name string
-		s            *sideOptions
+		s            *mirrorSideFlags
 	}{{"src", "source", &o.src}, {"dst", "destination", &o.dst}} {
 		fs.StringVar(&side.s.ca, side.prefix+"-ca", "", "CA `file` verifying the "+side.name+"'s certificates (default: system roots)")
 		fs.StringVar(&side.s.cert, side.prefix+"-cert", "", "client certificate `file` for the "+side.name)
@@ -116,34 +133,35 @@ func newFlagSet(o *options, name string) *flag.FlagSet {
 		fs.StringVar(&side.s.user, side.prefix+"-user", "", "basic-auth `user` for the "+side.name)
 		fs.StringVar(&side.s.passwordFile, side.prefix+"-password-file", "", "`file` holding the "+side.name+" user's password")
 	}
-	fs.Usage = func() {
-		fmt.Fprint(fs.Output(), usage())
-		fs.PrintDefaults()
-	}
+	fs.Usage = func() {}
 	return fs
 }
 
-// Main runs `confsync mirror`; args exclude the command name.
-func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
+// mirrorUsage is the -h text: the manual, then the flags.
+func mirrorUsage() string {
+	return "Usage:\n  " + strings.ReplaceAll(mirrorSynopsis, "\n", "\n  ") + "\n\n" + mirrorDescription + "\nFlags:\n"
+}
+
+// runMirror runs `confsync mirror`; args exclude the command name.
+func runMirror(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	mode := "mirror"
 	if len(args) > 0 && (args[0] == "verify" || args[0] == "set-index") {
 		mode, args = args[0], args[1:]
 	}
-	var o options
-	fs := newFlagSet(&o, mode)
+	var o mirrorFlags
+	fs := mirrorFlagSet(&o, mode)
 	fs.SetOutput(stderr)
-	fs.Usage = func() {}
 	pos, err := parseInterleaved(fs, args)
 	if errors.Is(err, flag.ErrHelp) {
 		fs.SetOutput(stdout)
-		fmt.Fprint(stdout, usage())
+		fmt.Fprint(stdout, mirrorUsage())
 		fs.PrintDefaults()
 		return 0
 	}
 	if err == nil && len(pos) != 2 {
 		err = fmt.Errorf("want two arguments, SRC and DST, got %d (%s)", len(pos), strings.Join(pos, " "))
 	}
-	var cfg Config
+	var cfg mirror.Config
 	if err == nil {
 		cfg, err = o.config(pos[0], pos[1])
 	}
@@ -151,9 +169,10 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "confsync mirror: %v\nRun 'confsync mirror -h' for usage.\n", err)
 		return 2
 	}
-	cfg.Logger = newLogger(stderr, o)
+	cfg.Logger = newMirrorLogger(stderr, o)
+	cfg.Version = version
 
-	m, err := New(cfg)
+	m, err := mirror.New(cfg)
 	if err != nil {
 		fmt.Fprintf(stderr, "confsync mirror: %v\n", err)
 		return 2
@@ -161,15 +180,15 @@ func Main(ctx context.Context, args []string, stdout, stderr io.Writer) int {
 	defer m.Close()
 	switch mode {
 	case "verify":
-		return m.verifyMain(ctx, o.oneShotTimeout, stdout, stderr)
+		return mirrorVerify(ctx, m, o.oneShotTimeout, stdout, stderr)
 	case "set-index":
-		return m.setIndexMain(ctx, o.oneShotTimeout, stdout, stderr)
+		return mirrorSetIndex(ctx, m, o.oneShotTimeout, stdout, stderr)
 	}
-	return m.runMain(ctx, o, stderr)
+	return mirrorRun(ctx, m, o, stderr)
 }
 
 // parseInterleaved accepts flags before, between and after the positional
-// arguments.
+// arguments, as etcdmirror's argparse does.
 func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	var pos []string
 	for {
@@ -185,7 +204,7 @@ func parseInterleaved(fs *flag.FlagSet, args []string) ([]string, error) {
 	}
 }
 
-func newLogger(w io.Writer, o options) *slog.Logger {
+func newMirrorLogger(w io.Writer, o mirrorFlags) *slog.Logger {
 	opts := &slog.HandlerOptions{Level: slog.LevelInfo}
 	if o.debug {
 		opts.Level = slog.LevelDebug
@@ -197,21 +216,30 @@ func newLogger(w io.Writer, o options) *slog.Logger {
 }
 
 // config checks the flags and arguments and builds the mirror's Config.
-func (o options) config(srcArg, dstArg string) (Config, error) {
-	cfg := Config{
+func (o mirrorFlags) config(srcArg, dstArg string) (mirror.Config, error) {
+	cfg := mirror.Config{
 		SourcePrefix: o.srcPrefix, DestinationPrefix: o.dstPrefix, Strip: o.strip,
 		IgnoreKeys: o.ignore, Reload: o.reload, Concurrency: o.concurrency, ReadAhead: o.readAhead,
 		PollTimeout: o.pollTimeout, StallTimeout: o.stallAfter, MaxBackoff: o.maxBackoff,
+		SourceAPI: o.srcAPI, DestinationAPI: o.dstAPI, Standby: o.standby, LockTTL: o.lockTTL,
 	}
 	if o.logFormat != "text" && o.logFormat != "json" {
 		return cfg, fmt.Errorf("--log-format %q: want text or json", o.logFormat)
+	}
+	for name, api := range map[string]string{"--src-api": o.srcAPI, "--dst-api": o.dstAPI} {
+		if api != "v2" && api != "v3" {
+			return cfg, fmt.Errorf("%s %q: want v2 or v3", name, api)
+		}
+	}
+	if o.srcAPI == "v3" && o.dstAPI == "v2" {
+		return cfg, errors.New("--src-api v3 with --dst-api v2: replicating v3 into v2 is not supported (v3 keys have no v2 directories); use --dst-api v3")
 	}
 	for name, p := range map[string]string{"--src-prefix": o.srcPrefix, "--dst-prefix": o.dstPrefix} {
 		if !strings.HasPrefix(p, "/") {
 			return cfg, fmt.Errorf("%s %q: must start with /", name, p)
 		}
 	}
-	if _, err := compileIgnore(o.ignore); err != nil {
+	if err := mirror.CheckIgnoreRegex(o.ignore); err != nil {
 		return cfg, err
 	}
 	for name, d := range map[string]time.Duration{"--poll-timeout": o.pollTimeout, "--stall-timeout": o.stallAfter,
@@ -222,6 +250,9 @@ func (o options) config(srcArg, dstArg string) (Config, error) {
 	}
 	if o.pollTimeout < 2*time.Second {
 		return cfg, fmt.Errorf("--poll-timeout %s: must be at least 2s (a poll proves the source quiet only after a second of silence)", o.pollTimeout)
+	}
+	if o.lockTTL < 3*time.Second || o.lockTTL%time.Second != 0 {
+		return cfg, fmt.Errorf("--lock-ttl %s: must be whole seconds, at least 3s (etcd counts TTLs in seconds and the lock is renewed every third)", o.lockTTL)
 	}
 	if o.concurrency < 1 {
 		return cfg, fmt.Errorf("--concurrency %d: must be at least 1", o.concurrency)
@@ -240,7 +271,7 @@ func (o options) config(srcArg, dstArg string) (Config, error) {
 	return cfg, nil
 }
 
-func (s sideOptions) etcdConfig(flagPrefix, argName, arg string, timeout time.Duration) (etcd.Config, error) {
+func (s mirrorSideFlags) etcdConfig(flagPrefix, argName, arg string, timeout time.Duration) (etcd.Config, error) {
 	cfg := etcd.Config{CAFile: s.ca, CertFile: s.cert, KeyFile: s.key, Insecure: s.insecure, RequestTimeout: timeout}
 	for _, raw := range strings.Split(arg, ",") {
 		raw = strings.TrimSpace(raw)
@@ -296,8 +327,9 @@ func (s sideOptions) etcdConfig(flagPrefix, argName, arg string, timeout time.Du
 	return cfg, nil
 }
 
-// runMain replicates until ctx ends or replication must stop.
-func (m *Mirror) runMain(ctx context.Context, o options, stderr io.Writer) int {
+// mirrorRun serves the HTTP port and replicates until ctx ends or
+// replication must stop.
+func mirrorRun(ctx context.Context, m *mirror.Mirror, o mirrorFlags, stderr io.Writer) int {
 	if o.port >= 0 {
 		ln, err := net.Listen("tcp", net.JoinHostPort(o.listen, strconv.Itoa(o.port)))
 		if err != nil {
@@ -311,7 +343,7 @@ func (m *Mirror) runMain(ctx context.Context, o options, stderr io.Writer) int {
 			defer cancel()
 			srv.Shutdown(sctx)
 		}()
-		m.log.Info("serving /lag, /metrics, /healthz and /status", "address", ln.Addr().String())
+		m.Logger().Info("serving /lag, /metrics, /healthz and /status", "address", ln.Addr().String())
 	}
 	if err := m.Run(ctx); err != nil {
 		fmt.Fprintf(stderr, "confsync mirror: %v\n", err)
@@ -320,87 +352,51 @@ func (m *Mirror) runMain(ctx context.Context, o options, stderr io.Writer) int {
 	return 0
 }
 
-// verifyMain compares the trees once.
-func (m *Mirror) verifyMain(ctx context.Context, timeout time.Duration, stdout, stderr io.Writer) int {
+// mirrorVerify compares the trees once.
+func mirrorVerify(ctx context.Context, m *mirror.Mirror, timeout time.Duration, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	cmp, err := m.compare(ctx)
+	cmp, err := m.Verify(ctx)
 	if err != nil {
-		fmt.Fprintf(stderr, "confsync mirror verify: %v%s\n", err, m.lastErrorHint())
+		fmt.Fprintf(stderr, "confsync mirror verify: %v\n", err)
 		return 1
 	}
-	m.printComparison(stdout, cmp)
-	if len(cmp.diffs) > 0 {
+	printComparison(stdout, cmp)
+	if !cmp.Equal() {
 		return 1
 	}
 	return 0
 }
 
-func (m *Mirror) printComparison(w io.Writer, cmp *comparison) {
-	for _, d := range cmp.diffs {
+func printComparison(w io.Writer, cmp *mirror.Comparison) {
+	for _, d := range cmp.Differences {
 		fmt.Fprintln(w, d)
 	}
-	if len(cmp.diffs) == 0 {
-		fmt.Fprintf(w, "destination %s matches source %s at source index %d (%d keys)\n",
-			m.keys.dstBase, m.keys.srcRoot, cmp.index, cmp.compared)
-		return
-	}
-	fmt.Fprintf(w, "%d differences between destination %s and source %s at source index %d (%d source keys)\n",
-		len(cmp.diffs), m.keys.dstBase, m.keys.srcRoot, cmp.index, cmp.compared)
+	fmt.Fprintln(w, cmp.Summary())
 }
 
-// setIndexMain is the switchover step: when the trees match, record the
+// mirrorSetIndex is the switchover step: when the trees match, record the
 // source index they match at, so that replication starts there.
-func (m *Mirror) setIndexMain(ctx context.Context, timeout time.Duration, stdout, stderr io.Writer) int {
+func mirrorSetIndex(ctx context.Context, m *mirror.Mirror, timeout time.Duration, stdout, stderr io.Writer) int {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
-	saved, err := m.loadState(ctx)
-	if err != nil {
-		fmt.Fprintf(stderr, "confsync mirror set-index: %v%s\n", err, m.lastErrorHint())
-		return 1
-	}
-	cmp, err := m.compare(ctx)
-	if err != nil {
-		fmt.Fprintf(stderr, "confsync mirror set-index: %v%s\n", err, m.lastErrorHint())
-		return 1
-	}
-	if err := m.checkOverlap(cmp.clusterID); err != nil {
-		fmt.Fprintf(stderr, "confsync mirror set-index: %v\n", err)
-		return 1
-	}
-	if len(cmp.diffs) > 0 {
-		m.printComparison(stdout, cmp)
+	rec, err := m.SetIndex(ctx)
+	if errors.Is(err, mirror.ErrTreesDiffer) {
+		printComparison(stdout, rec.Comparison)
 		fmt.Fprintf(stderr, "confsync mirror set-index: the trees differ, index not recorded; "+
 			"fix the differences or start the mirror once with --reload, which writes only what differs\n")
 		return 1
 	}
-	err = m.retry(ctx, sideDestination, "write the replication index", func(ctx context.Context) error {
-		if err := m.state.writeIndex(ctx, cmp.index); err != nil {
-			return err
-		}
-		return m.state.writeState(ctx, func(s *replicationState) {
-			m.identify(s, cmp.clusterID)
-			s.MayHaveAppliedThrough = cmp.index
-			s.Resyncing = false
-		})
-	})
 	if err != nil {
-		fmt.Fprintf(stderr, "confsync mirror set-index: %v%s\n", err, m.lastErrorHint())
+		fmt.Fprintf(stderr, "confsync mirror set-index: %v\n", err)
 		return 1
 	}
 	was := "absent"
-	if saved.hasIndex {
-		was = strconv.FormatUint(saved.index, 10)
+	if rec.HadPrevious {
+		was = strconv.FormatUint(rec.Previous, 10)
 	}
-	m.printComparison(stdout, cmp)
+	printComparison(stdout, rec.Comparison)
 	fmt.Fprintf(stdout, "recorded source index %d in %s on the destination (was %s); start the mirror with the same flags to replicate from index %d\n",
-		cmp.index, m.keys.indexKey(), was, cmp.index+1)
+		rec.Comparison.SourceIndex, rec.IndexKey, was, rec.Comparison.SourceIndex+1)
 	return 0
-}
-
-func (m *Mirror) lastErrorHint() string {
-	if s := m.Status(); s.LastError != "" {
-		return " (last error: " + s.LastError + ")"
-	}
-	return ""
 }

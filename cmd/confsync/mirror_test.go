@@ -1,14 +1,14 @@
-package mirror
+package main
 
 import (
 	"context"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -16,19 +16,21 @@ import (
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testpki"
 	"github.com/confsync/confsync/internal/testutil"
+	client "go.etcd.io/etcd/client/v2"
+	clientv3 "go.etcd.io/etcd/client/v3"
 )
 
-// runCLI runs Main to completion.
+// runCLI runs confsync mirror to completion.
 func runCLI(t *testing.T, args ...string) (code int, stdout, stderr string) {
 	t.Helper()
 	var out, errOut testutil.SyncBuffer
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	code = Main(ctx, args, &out, &errOut)
+	code = run(ctx, append([]string{"mirror"}, args...), &out, &errOut)
 	return code, out.String(), errOut.String()
 }
 
-// cliMirror is Main running in the background.
+// cliMirror is confsync mirror running in the background.
 type cliMirror struct {
 	cancel context.CancelFunc
 	done   chan int
@@ -39,7 +41,7 @@ func startCLI(t *testing.T, args ...string) *cliMirror {
 	t.Helper()
 	ctx, cancel := context.WithCancel(context.Background())
 	c := &cliMirror{cancel: cancel, done: make(chan int, 1), stderr: &testutil.SyncBuffer{}}
-	go func() { c.done <- Main(ctx, args, io.Discard, c.stderr) }()
+	go func() { c.done <- run(ctx, append([]string{"mirror"}, args...), io.Discard, c.stderr) }()
 	t.Cleanup(func() {
 		cancel()
 		select {
@@ -75,7 +77,7 @@ var addrRE = regexp.MustCompile(`address=(\S+)`)
 func (c *cliMirror) httpAddr(t *testing.T) string {
 	t.Helper()
 	var addr string
-	waitFor(t, 30*time.Second, "the HTTP address in the log", func() bool {
+	mirrorWaitFor(t, "the HTTP address in the log", func() bool {
 		m := addrRE.FindStringSubmatch(c.stderr.String())
 		if m != nil {
 			addr = m[1]
@@ -117,6 +119,10 @@ func TestBadUsageExits2(t *testing.T) {
 		{"bad duration", []string{"--poll-timeout", "soon", "http://a:1", "http://b:1"}, "poll-timeout"},
 		{"short poll", []string{"--poll-timeout", "100ms", "http://a:1", "http://b:1"}, "--poll-timeout"},
 		{"verify without DST", []string{"verify", "http://a:1"}, "SRC and DST"},
+		{"unknown API", []string{"--src-api", "v4", "http://a:1", "http://b:1"}, "--src-api"},
+		{"v3 into v2", []string{"--src-api", "v3", "http://a:1", "http://b:1"}, "--dst-api v3"},
+		{"lock TTL too short", []string{"--lock-ttl", "1s", "http://a:1", "http://b:1"}, "--lock-ttl"},
+		{"lock TTL not whole seconds", []string{"--lock-ttl", "4500ms", "http://a:1", "http://b:1"}, "--lock-ttl"},
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			code, _, stderr := runCLI(t, c.args...)
@@ -132,7 +138,7 @@ func TestBadUsageExits2(t *testing.T) {
 }
 
 func TestFlagSetHasEtcdmirrorFlags(t *testing.T) {
-	fs := FlagSet()
+	fs := mirrorFlagSet(&mirrorFlags{}, "mirror")
 	for _, name := range []string{"src-prefix", "dst-prefix", "strip", "src-ignore-keys-regex", "reload", "port", "debug", "d",
 		"src-ca", "src-cert", "src-key", "src-insecure", "dst-ca", "dst-cert", "dst-key", "dst-insecure"} {
 		if fs.Lookup(name) == nil {
@@ -142,6 +148,9 @@ func TestFlagSetHasEtcdmirrorFlags(t *testing.T) {
 	if fs.Lookup("src-prefix").DefValue != "/" || fs.Lookup("dst-prefix").DefValue != "/replica" || fs.Lookup("port").DefValue != "8000" {
 		t.Error("defaults differ from etcdmirror's")
 	}
+	if fs.Lookup("src-api").DefValue != "v2" || fs.Lookup("dst-api").DefValue != "v2" || fs.Lookup("standby").DefValue != "false" {
+		t.Error("an unchanged etcdmirror command line must keep meaning v2 to v2, exiting when another mirror holds the destination")
+	}
 }
 
 // The whole life of a replica as an operator drives it: a first start
@@ -149,7 +158,7 @@ func TestFlagSetHasEtcdmirrorFlags(t *testing.T) {
 // report, SIGTERM exits 0, verify agrees, tampering makes verify list the
 // key and exit 1, and the next event on that key exits 1.
 func TestCommandLineLifecycle(t *testing.T) {
-	src, dst := newPair(t)
+	src, dst := etcdtest.New(t), etcdtest.New(t)
 	src.Set(t, "/conftool/v1/pools/eqiad/mw1", `{"pooled":"yes"}`)
 	common := []string{"--src-prefix", "/conftool", "--dst-prefix", "/conftool", "--strip", "--poll-timeout", "2s"}
 	urls := []string{src.URL(), dst.URL()}
@@ -162,15 +171,15 @@ func TestCommandLineLifecycle(t *testing.T) {
 	args := append(append([]string{"--reload", "--port", "0", "--listen-address", "127.0.0.1"}, common...), urls...)
 	c := startCLI(t, args...)
 	base := "http://" + c.httpAddr(t)
-	waitFor(t, 30*time.Second, "the reload to finish", func() bool {
+	mirrorWaitFor(t, "the reload to finish", func() bool {
 		_, body := httpGet(t, base+"/status")
 		return strings.Contains(body, `"phase": "streaming"`)
 	})
 	r := src.Set(t, "/conftool/v1/pools/eqiad/mw2", `{"pooled":"no"}`)
-	waitFor(t, 30*time.Second, "mw2 to be replicated", func() bool {
-		return indexKey(t, dst, "/__replication/conftool") >= r.Index
+	mirrorWaitFor(t, "mw2 to be replicated", func() bool {
+		return indexKeyValue(t, dst, "/__replication/conftool") >= r.Index
 	})
-	waitFor(t, 30*time.Second, "/lag to read 0", func() bool {
+	mirrorWaitFor(t, "/lag to read 0", func() bool {
 		_, body := httpGet(t, base+"/lag")
 		return body == "0\n"
 	})
@@ -228,7 +237,7 @@ func TestCommandLineLifecycle(t *testing.T) {
 // once they match it records the source index, from which the mirror then
 // starts without a reload.
 func TestSetIndex(t *testing.T) {
-	src, dst := newPair(t)
+	src, dst := etcdtest.New(t), etcdtest.New(t)
 	for _, k := range []string{"/conftool/a", "/conftool/b/c"} {
 		src.Set(t, k, "v")
 		dst.Set(t, k, "v")
@@ -241,23 +250,23 @@ func TestSetIndex(t *testing.T) {
 	if code != 1 || !strings.Contains(stdout, "/conftool/b/c") || !strings.Contains(stderr, "index not recorded") {
 		t.Fatalf("set-index with differences: exit %d\n%s%s", code, stdout, stderr)
 	}
-	if !isAbsent(t, dst.Client(), "/__replication/conftool") {
+	if !isAbsentKey(t, dst.Client(), "/__replication/conftool") {
 		t.Fatal("set-index recorded an index although the trees differ")
 	}
 
 	dst.Set(t, "/conftool/b/c", "v")
 	want := src.Index(t)
 	code, stdout, stderr = runCLI(t, append(append([]string{"set-index"}, common...), urls...)...)
-	if code != 0 || indexKey(t, dst, "/__replication/conftool") != want {
-		t.Fatalf("set-index: exit %d, index %d, want %d\n%s%s", code, indexKey(t, dst, "/__replication/conftool"), want, stdout, stderr)
+	if code != 0 || indexKeyValue(t, dst, "/__replication/conftool") != want {
+		t.Fatalf("set-index: exit %d, index %d, want %d\n%s%s", code, indexKeyValue(t, dst, "/__replication/conftool"), want, stdout, stderr)
 	}
 
 	c := startCLI(t, append(append([]string{"--port", "-1", "--poll-timeout", "2s"}, common...), urls...)...)
 	r := src.Set(t, "/conftool/a", "after switchover")
-	waitFor(t, 30*time.Second, "the write after set-index to arrive", func() bool {
-		return indexKey(t, dst, "/__replication/conftool") >= r.Index
+	mirrorWaitFor(t, "the write after set-index to arrive", func() bool {
+		return indexKeyValue(t, dst, "/__replication/conftool") >= r.Index
 	})
-	if n := mustGet(t, dst.Client(), "/conftool/a"); n.Value != "after switchover" {
+	if n := getNode(t, dst.Client(), "/conftool/a"); n.Value != "after switchover" {
 		t.Fatalf("after switchover: %+v", n)
 	}
 	if code := c.stop(t); code != 0 || strings.Contains(c.stderr.String(), "resynchronising") {
@@ -277,7 +286,7 @@ func TestTLSAndSeveralEndpoints(t *testing.T) {
 	if _, err := srcKeys.Set(context.Background(), "/src/k", "secret", nil); err != nil {
 		t.Fatal(err)
 	}
-	dead := deadAddr(t)
+	dead := freeAddr(t)
 	srcURLs := "https://" + dead + ",https://user:pw@" + src.Addr()
 	dstURLs := "https://" + dead + "," + dst.URL()
 	pwFile := filepath.Join(t.TempDir(), "pw")
@@ -287,7 +296,7 @@ func TestTLSAndSeveralEndpoints(t *testing.T) {
 		"--dst-user", "user", "--dst-password-file", pwFile, "--request-timeout", "2s"}
 
 	c := startCLI(t, append(tlsArgs, "--reload", "--port", "-1", "--poll-timeout", "2s", srcURLs, dstURLs)...)
-	waitFor(t, 30*time.Second, "the key to be replicated over TLS", func() bool {
+	mirrorWaitFor(t, "the key to be replicated over TLS", func() bool {
 		resp, err := dst.Client(tr).Get(context.Background(), "/replica/src/k", nil)
 		return err == nil && resp.Node.Value == "secret"
 	})
@@ -299,7 +308,7 @@ func TestTLSAndSeveralEndpoints(t *testing.T) {
 	// keeps retrying (and says why) rather than talk to an unverified peer.
 	c = startCLI(t, "--port", "-1", "--dst-cert", pki.ClientCert, "--dst-key", pki.ClientKey, "--src-ca", pki.CAFile,
 		"--src-cert", pki.ClientCert, "--src-key", pki.ClientKey, src.URL(), dst.URL())
-	waitFor(t, 30*time.Second, "a certificate error", func() bool {
+	mirrorWaitFor(t, "a certificate error", func() bool {
 		return strings.Contains(c.stderr.String(), "certificate")
 	})
 	if code := c.stop(t); code != 0 {
@@ -307,12 +316,68 @@ func TestTLSAndSeveralEndpoints(t *testing.T) {
 	}
 }
 
-func deadAddr(t *testing.T) string {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+func mirrorWaitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	testutil.Eventually(t, what, cond)
+}
+
+// indexKeyValue reads a replication index key, 0 when absent.
+func indexKeyValue(t *testing.T, s *etcdtest.Server, key string) uint64 {
+	t.Helper()
+	resp, err := s.Client().Get(context.Background(), key, nil)
+	if err != nil {
+		return 0
+	}
+	n, _ := strconv.ParseUint(resp.Node.Value, 10, 64)
+	return n
+}
+
+func isAbsentKey(t *testing.T, keys client.KeysAPI, key string) bool {
+	t.Helper()
+	_, err := keys.Get(context.Background(), key, &client.GetOptions{Quorum: true})
+	if err != nil && !client.IsKeyNotFound(err) {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	return err != nil
+}
+
+func getNode(t *testing.T, keys client.KeysAPI, key string) *client.Node {
+	t.Helper()
+	resp, err := keys.Get(context.Background(), key, &client.GetOptions{Quorum: true})
+	if err != nil {
+		t.Fatalf("get %s: %v", key, err)
+	}
+	return resp.Node
+}
+
+// v3 to v3 through the command line: a second mirror on the same
+// destination exits 1 naming the first, verify agrees with the first.
+func TestCommandLineV3AndTheLock(t *testing.T) {
+	src, dst := etcdtest.New(t), etcdtest.New(t)
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{src.URL()}, DialTimeout: 5 * time.Second})
 	if err != nil {
 		t.Fatal(err)
 	}
-	addr := l.Addr().String()
-	l.Close()
-	return addr
+	defer cli.Close()
+	if _, err := cli.Put(context.Background(), "/conftool/v1/pools/eqiad/mw1", `{"pooled":"yes"}`); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"--src-api", "v3", "--dst-api", "v3", "--src-prefix", "/conftool", "--dst-prefix", "/conftool", "--strip",
+		"--poll-timeout", "2s", "--lock-ttl", "3s", "--port", "-1"}
+	urls := []string{src.URL(), dst.URL()}
+	first := startCLI(t, append(append([]string{"--reload"}, common...), urls...)...)
+	mirrorWaitFor(t, "the first mirror to stream", func() bool {
+		return strings.Contains(first.stderr.String(), "msg=resynchronised")
+	})
+	code, _, stderr := runCLI(t, append(common, urls...)...)
+	if code != 1 || !strings.Contains(stderr, "/__replication/conftool.lock") || !strings.Contains(stderr, "--standby") {
+		t.Fatalf("second mirror: exit %d, stderr:\n%s", code, stderr)
+	}
+	code, stdout, stderr := runCLI(t, append(append([]string{"verify"}, common...), urls...)...)
+	if code != 0 || !strings.Contains(stdout, "matches") {
+		t.Fatalf("verify: exit %d\n%s%s", code, stdout, stderr)
+	}
+	if code := first.stop(t); code != 0 {
+		t.Fatalf("SIGTERM: exit %d, stderr:\n%s", code, first.stderr)
+	}
 }
