@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/internal/sdnotify"
 )
 
 // Config describes one replication: a prefix of the source cluster copied
@@ -14,6 +15,11 @@ import (
 type Config struct {
 	// Source and Destination say how to reach the two clusters.
 	Source, Destination etcd.Config
+
+	// Notifier tells systemd when the mirror is replicating (or standing
+	// by), how it is doing, and that its loop turns (nil, or outside
+	// systemd: nothing).
+	Notifier *sdnotify.Notifier
 
 	// SourcePrefix is the subtree replicated ("/" by default).
 	SourcePrefix string

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/internal/sdnotify"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -68,8 +69,13 @@ type Mirror struct {
 	// replayThrough ends the replay window after an unclean stop.
 	replayThrough atomic.Uint64
 
-	mu       sync.Mutex
-	progress progress
+	// wd is fed by every turn of the mirror's loops: events applied,
+	// quiet sources proven, resync steps and retries.
+	wd *sdnotify.Watchdog
+
+	mu        sync.Mutex
+	progress  progress
+	announced bool // READY=1 sent
 }
 
 // progress is what Status reports, guarded by Mirror.mu.
@@ -241,6 +247,18 @@ func (m *Mirror) Run(ctx context.Context) error {
 		return errors.New("mirror: Run called twice")
 	}
 	defer m.setPhase(phaseStopped)
+	defer m.cfg.Notifier.Stopping("mirror stopped")
+	if m.cfg.Notifier.Enabled() {
+		sctx, stop := context.WithCancel(ctx)
+		defer stop()
+		go m.reportStatus(sctx)
+		wd, err := m.cfg.Notifier.Watchdog("the mirror's replication loop", m.log)
+		if err != nil {
+			m.log.Error("systemd watchdog not used", "err", err)
+		}
+		m.wd = wd
+		go wd.Run(sctx)
+	}
 	for {
 		err := m.runLocked(ctx)
 		var lost *LockLostError
@@ -548,6 +566,7 @@ func (m *Mirror) retry(ctx context.Context, side, what string, fn func(context.C
 }
 
 func (m *Mirror) noteError(side, what string, err error) {
+	m.wd.Alive() // a retry is a turn of the loop: an unreachable etcd is no hang
 	m.m.errors.WithLabelValues(side).Inc()
 	m.mu.Lock()
 	m.progress.lastError = fmt.Sprintf("%s (%s): %v", what, side, err)
@@ -559,8 +578,41 @@ func (m *Mirror) setPhase(p string) {
 	m.mu.Lock()
 	m.progress.phase = p
 	m.progress.lastProgress = time.Now()
+	announce := !m.announced && (p == phaseStreaming || p == phaseStandby)
+	m.announced = m.announced || announce
 	m.mu.Unlock()
 	m.m.setPhase(p)
+	m.wd.Alive()
+	if announce {
+		m.cfg.Notifier.Ready(m.statusLine())
+	}
+}
+
+// reportStatus keeps `systemctl status` current.
+func (m *Mirror) reportStatus(ctx context.Context) {
+	t := time.NewTicker(5 * time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+			m.cfg.Notifier.Status(m.statusLine())
+		}
+	}
+}
+
+// statusLine is the mirror's state in one line, for `systemctl status`.
+func (m *Mirror) statusLine() string {
+	s := m.Status()
+	line := fmt.Sprintf("%s: applied %d, source at %d, lag %d events", s.Phase, s.AppliedIndex, s.SourceIndex, s.LagEvents)
+	if s.Phase == phaseStandby {
+		line = "standby: another mirror holds the destination lock; taking over when it expires"
+	}
+	if s.LastError != "" && time.Since(s.LastErrorAt) < time.Minute {
+		line += "; last error: " + s.LastError
+	}
+	return line
 }
 
 func (m *Mirror) noteSourceIndex(idx uint64) {
@@ -575,6 +627,7 @@ func (m *Mirror) noteSourceIndex(idx uint64) {
 }
 
 func (m *Mirror) noteApplied(idx uint64) {
+	m.wd.Alive()
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	now := time.Now()
@@ -596,6 +649,7 @@ func (m *Mirror) notePersisted(idx uint64) {
 // noteAlive records progress that moved no index: a poll that proved the
 // source quiet, a resync step.
 func (m *Mirror) noteAlive() {
+	m.wd.Alive()
 	m.mu.Lock()
 	m.progress.lastProgress = time.Now()
 	m.mu.Unlock()

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/internal/sdnotify"
 	"github.com/confsync/confsync/mirror"
 )
 
@@ -218,6 +219,7 @@ func newMirrorLogger(w io.Writer, o mirrorFlags) *slog.Logger {
 // config checks the flags and arguments and builds the mirror's Config.
 func (o mirrorFlags) config(srcArg, dstArg string) (mirror.Config, error) {
 	cfg := mirror.Config{
+		Notifier:     sdnotify.New(),
 		SourcePrefix: o.srcPrefix, DestinationPrefix: o.dstPrefix, Strip: o.strip,
 		IgnoreKeys: o.ignore, Reload: o.reload, Concurrency: o.concurrency, ReadAhead: o.readAhead,
 		PollTimeout: o.pollTimeout, StallTimeout: o.stallAfter, MaxBackoff: o.maxBackoff,
