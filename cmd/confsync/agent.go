@@ -175,17 +175,18 @@ func (f *agentFlags) mode() string {
 }
 
 // cacheSource names the data source, so that a cache written while
-// talking to another cluster is not used.
+// talking to another cluster, or to the same one through the other API (a
+// v3 copy may differ from the v2 tree), is not used.
 func (f *agentFlags) cacheSource() string {
 	switch f.backend {
-	case "etcd":
+	case "etcd", "etcdv3":
 		switch {
 		case f.srvRecord != "":
-			return "etcd-srv:" + f.srvRecord
+			return f.backend + "-srv:" + f.srvRecord
 		case f.srvDomain != "":
-			return "etcd-srv-domain:" + f.srvDomain
+			return f.backend + "-srv-domain:" + f.srvDomain
 		}
-		return "etcd:" + strings.Join(f.etcdConfig().Endpoints, ",")
+		return f.backend + ":" + strings.Join(f.etcdConfig().Endpoints, ",")
 	case "file":
 		return "file:" + strings.Join(f.files, ",")
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/confsync/confsync/backends"
 	"github.com/confsync/confsync/backends/env"
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/etcdv3"
 	"github.com/confsync/confsync/backends/file"
 	"github.com/confsync/confsync/internal/cliconfig"
 )
@@ -41,8 +42,8 @@ type backendFlags struct {
 }
 
 func (b *backendFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&b.backend, "backend", "etcd", "where keys come from: etcd, file or env")
-	fs.Var(&b.nodes, "node", "etcd client URL (repeatable, or comma-separated; default "+defaultNode+")")
+	fs.StringVar(&b.backend, "backend", "etcd", "where keys come from: etcd (its v2 API), etcdv3, file or env")
+	fs.Var(&b.nodes, "node", "etcd client URL (repeatable, or comma-separated; default "+defaultNode+"); etcdv3 also takes HOST:PORT")
 	fs.Var(&b.files, "file", "YAML or JSON file or directory for -backend file (repeatable)")
 	fs.StringVar(&b.filter, "filter", "*", "file name glob for directories given to -file")
 	fs.BoolVar(&b.basicAuth, "basic-auth", false, "send -username and -password to etcd with HTTP basic auth")
@@ -76,7 +77,7 @@ var configFileKeys = map[string]string{
 var unsupportedFileKeys = func() map[string]string {
 	m := map[string]string{}
 	for _, k := range []string{"auth_token", "auth_type", "app_id", "user_id", "role_id", "secret_id", "table", "separator", "path"} {
-		m[k] = "belongs to a backend confsync does not support (etcd, file and env are supported); remove it"
+		m[k] = "belongs to a backend confsync does not support (etcd, etcdv3, file and env are supported); remove it"
 	}
 	m["secret_keyring"] = "encrypted values (cget...) are not supported; remove it"
 	return m
@@ -108,8 +109,15 @@ func (b *backendFlags) source(ctx context.Context, logger *slog.Logger) (backend
 		}
 		logger.Debug("etcd endpoints", "endpoints", strings.Join(c.Endpoints(), ","))
 		return c, c.Close, nil
+	case "etcdv3":
+		c, err := etcdv3.New(ctx, b.etcdConfig(), logger)
+		if err != nil {
+			return nil, nil, err
+		}
+		logger.Debug("etcd v3 endpoints", "endpoints", strings.Join(c.Endpoints(), ","))
+		return c, c.Close, nil
 	default:
-		return nil, nil, fmt.Errorf("-backend %q: confsync supports etcd, file and env", b.backend)
+		return nil, nil, fmt.Errorf("-backend %q: confsync supports etcd, etcdv3, file and env", b.backend)
 	}
 }
 

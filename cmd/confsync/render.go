@@ -11,6 +11,7 @@ import (
 	"github.com/confsync/confsync/agent"
 	"github.com/confsync/confsync/agent/tmpl"
 	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/backends/etcdv3"
 	"github.com/confsync/confsync/internal/cliconfig"
 )
 
@@ -104,6 +105,9 @@ func renderOnce(ctx context.Context, r *renderFlags, stdout, stderr io.Writer) i
 		return usageError(stderr, "render", err)
 	}
 	defer closeSrc()
+	if c, ok := src.(*etcdv3.Client); ok {
+		src = c.Consistent() // every root at one revision
+	}
 	if r.template != "" {
 		return renderTemplate(ctx, r, src, stdout, stderr)
 	}
