@@ -47,8 +47,8 @@ type Feed struct {
 	// shared with other requests to the cluster.
 	transport *http.Transport
 	cfg       FeedConfig
-	logger *slog.Logger
-	resync chan struct{}
+	logger    *slog.Logger
+	resync    chan struct{}
 
 	mu       sync.Mutex
 	status   FeedStatus
