@@ -14,6 +14,8 @@ import (
 // Status is the agent's state as /status reports it and `confsync check`
 // reads it.
 type Status struct {
+	// Kind is "agent", for `confsync status`.
+	Kind      string    `json:"kind"`
 	Started   time.Time `json:"started"`
 	Ready     bool      `json:"ready"`
 	BackendUp bool      `json:"backend_up"`
@@ -74,7 +76,7 @@ type FileError struct {
 func (a *Agent) Status() Status {
 	now := time.Now()
 	w := a.watcher.Status()
-	s := Status{Started: a.started, BackendUp: w.Connected && !w.FromCache,
+	s := Status{Kind: "agent", Started: a.started, BackendUp: w.Connected && !w.FromCache,
 		Watch: WatchStatus{Status: w, AgeSeconds: w.Age(now).Seconds()}}
 	for _, r := range a.watcher.Roots() {
 		s.Roots = append(s.Roots, RootStatus{RootStatus: r, AgeSeconds: r.Age(now).Seconds()})

@@ -2,6 +2,7 @@ package gate
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -160,6 +161,12 @@ func (s *Server) MetricsHandler() http.Handler {
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
 		writeJSON(w, http.StatusOK, fmt.Sprintf(`{"health":"ok","read_only":%t}`, s.ReadOnly()))
 	})
+	mux.HandleFunc("/status", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "application/json")
+		enc := json.NewEncoder(w)
+		enc.SetIndent("", "  ")
+		enc.Encode(s.Status(r.Context()))
+	})
 	mux.HandleFunc("/readyz", func(w http.ResponseWriter, r *http.Request) {
 		if err := s.probeUpstream(r.Context()); err != nil {
 			writeJSON(w, http.StatusServiceUnavailable, fmt.Sprintf(`{"ready":false,"error":%q}`, err.Error()))
@@ -195,4 +202,35 @@ func (s *Server) probeUpstream(ctx context.Context) error {
 		return fmt.Errorf("upstream answered %s", resp.Status)
 	}
 	return err
+}
+
+// Status is the gate's state as /status (on the metrics address) reports
+// it and `confsync status` shows it.
+type Status struct {
+	// Kind is "gate".
+	Kind     string `json:"kind"`
+	Listen   string `json:"listen"`
+	ReadOnly bool   `json:"read_only"`
+	// Upstreams are the etcd members in failover order; Preferred is the
+	// one requests go to first.
+	Upstreams []string `json:"upstreams"`
+	Preferred string   `json:"preferred"`
+	// UpstreamError is what the preferred upstream (and the next, failing
+	// it) answered when asked for /version just now; "" when it answered.
+	UpstreamError string `json:"upstream_error,omitempty"`
+	// OpenWatches are the watches clients hold open through the gate.
+	OpenWatches int `json:"open_watches"`
+}
+
+// Status reports the gate's state, asking the upstream how it is.
+func (s *Server) Status(ctx context.Context) Status {
+	st := Status{Kind: "gate", Listen: s.cfg.Listen, ReadOnly: s.ReadOnly(), Upstreams: s.cfg.Upstreams,
+		Preferred: s.fwd.current().String()}
+	if err := s.probeUpstream(ctx); err != nil {
+		st.UpstreamError = err.Error()
+	}
+	s.streamsMu.Lock()
+	st.OpenWatches = len(s.streams)
+	s.streamsMu.Unlock()
+	return st
 }

@@ -361,7 +361,7 @@ func (s *Server) statusLine(upstreamErr error) string {
 	if s.ReadOnly() {
 		mode = "read-only"
 	}
-	up := s.fwd.pools[int(s.fwd.preferred.Load())%len(s.fwd.pools)].target.String()
+	up := s.fwd.current().String()
 	if upstreamErr != nil {
 		return fmt.Sprintf("serving %s; upstream %s unhealthy: %v", mode, up, upstreamErr)
 	}

@@ -10,6 +10,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"regexp"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -97,7 +98,15 @@ type progress struct {
 
 // Status is a snapshot of the mirror's state.
 type Status struct {
-	Phase string `json:"phase"` // starting, standby, resync, streaming or stopped
+	// Kind is "mirror", for `confsync status`.
+	Kind string `json:"kind"`
+	// Source and Destination name the clusters (endpoints and API) and
+	// the prefixes replicated.
+	Source            string `json:"source"`
+	Destination       string `json:"destination"`
+	SourcePrefix      string `json:"source_prefix"`
+	DestinationPrefix string `json:"destination_prefix"`
+	Phase             string `json:"phase"` // starting, standby, resync, streaming or stopped
 	// SourceIndex is the latest source index the mirror knows of;
 	// AppliedIndex the index through which every source event is on the
 	// destination; PersistedIndex what the destination's index key says.
@@ -668,6 +677,10 @@ func (m *Mirror) Status() Status {
 	m.mu.Unlock()
 	now := time.Now()
 	s := Status{
+		Kind:         "mirror",
+		Source:       fmt.Sprintf("%s (%s)", strings.Join(m.cfg.Source.Endpoints, ","), m.cfg.SourceAPI),
+		Destination:  fmt.Sprintf("%s (%s)", strings.Join(m.cfg.Destination.Endpoints, ","), m.cfg.DestinationAPI),
+		SourcePrefix: m.keys.srcRoot, DestinationPrefix: m.keys.dstBase,
 		Phase: p.phase, SourceIndex: p.sourceIndex, AppliedIndex: p.appliedIndex, PersistedIndex: p.persistedIndex,
 		Applied: p.applied, Replayed: p.replayed, Ignored: p.ignored, Resyncs: p.resyncs, LockLosses: p.lockLosses,
 		LastError: p.lastError, LastErrorAt: p.lastErrorAt, LastProgress: p.lastProgress,

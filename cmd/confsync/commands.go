@@ -95,7 +95,7 @@ With -interval, every root is re-read on that period instead of watched.
 
 // extraCommands are the commands other than render.
 func extraCommands() []command {
-	return []command{agentCommand(), checkCommand(), demoCommand(), mirrorCommand(), gateCommand(), relayCommand()}
+	return []command{agentCommand(), checkCommand(), demoCommand(), mirrorCommand(), gateCommand(), relayCommand(), statusCommand()}
 }
 
 // demoDoc describes the demo in both builds.

@@ -59,6 +59,7 @@ func TestDocsMatchTheFlags(t *testing.T) {
 		"mirror": {docFlags(t, "mirror.md")},
 		"gate":   {docFlags(t, "gate.md")},
 		"demo":   {docFlags(t, "demo.md")},
+		"status": {docFlags(t, "status.md")},
 	}
 	for _, c := range commands() {
 		docs, ok := pages[c.name]
