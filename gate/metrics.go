@@ -234,3 +234,6 @@ func (s *Server) Status(ctx context.Context) Status {
 	s.streamsMu.Unlock()
 	return st
 }
+
+// Registry is where the gate's metrics live.
+func (s *Server) Registry() *prometheus.Registry { return s.metrics.registry }
