@@ -149,7 +149,7 @@ install -d "$DOC/examples"
 install -m 0644 README.md docs/*.md "$DOC/"
 install -m 0644 deploy/README.md "$DOC/README.deploy.md"
 cp -r conf.d templates "$DOC/examples/"
-install -m 0644 deploy/gate-acl.toml deploy/prometheus-alerts.yaml "$DOC/examples/"
+install -m 0644 deploy/gate-acl.toml deploy/prometheus-alerts.yaml deploy/grafana/confsync.json "$DOC/examples/"
 find "$DOC" -type d -exec chmod 0755 {} + && find "$DOC" -type f -exec chmod 0644 {} +
 first_year=$(date -u -d "@$SOURCE_DATE_EPOCH" +%Y)
 $have_git && first_year=$(git log --reverse --format=%cd --date=format:%Y | sed -n 1p)
