@@ -60,6 +60,7 @@ func TestDocsMatchTheFlags(t *testing.T) {
 		"gate":   {docFlags(t, "gate.md")},
 		"demo":   {docFlags(t, "demo.md")},
 		"status": {docFlags(t, "status.md")},
+		"relay":  {docFlags(t, "relay.md")},
 	}
 	for _, c := range commands() {
 		docs, ok := pages[c.name]
