@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"math"
 	"os"
 	"os/user"
 	"path"
@@ -212,10 +213,15 @@ type templateTable struct {
 
 // Load reads one resource file and parses its template.
 func Load(file string, opts LoadOptions) (*Resource, error) {
-	raw, err := os.ReadFile(file)
+	raw, err := readRegular(file)
 	if err != nil {
 		return nil, &ConfigError{File: file, Err: err}
 	}
+	return parseResource(file, raw, opts)
+}
+
+// parseResource builds the resource that file, holding raw, describes.
+func parseResource(file string, raw []byte, opts LoadOptions) (*Resource, error) {
 	var rf resourceFile
 	md, err := toml.Decode(string(raw), &rf)
 	if err != nil {
@@ -250,12 +256,17 @@ func (b *builder) fail(key string, err error) error {
 
 func (b *builder) build() (*Resource, error) {
 	t := b.t
-	r := &Resource{Name: filepath.Base(b.file), File: b.file, Dest: t.Dest, Keys: t.Keys, UID: -1, GID: -1}
+	r := &Resource{Name: filepath.Base(b.file), File: b.file, Dest: filepath.Clean(t.Dest), Keys: t.Keys, UID: -1, GID: -1}
 	if t.Src == "" {
 		return nil, b.fail("src", errors.New("missing: name the template file under templates/"))
 	}
 	if t.Dest == "" {
 		return nil, b.fail("dest", errors.New("missing: name the file to write"))
+	}
+	// A relative dest would depend on the daemon's working directory, and
+	// an unclean one would hide that two resources share a file.
+	if !filepath.IsAbs(t.Dest) {
+		return nil, b.fail("dest", fmt.Errorf("%q is not an absolute path: name the file to write from /", t.Dest))
 	}
 	r.Src = filepath.Join(b.opts.ConfDir, "templates", t.Src)
 	if b.opts.DestRoot != "" {
@@ -371,8 +382,20 @@ func (b *builder) owner(r *Resource) error {
 	if r.UID < -1 || r.GID < -1 {
 		return b.fail("uid", errors.New("negative uid or gid"))
 	}
+	// The kernel keeps 32 bits of an id: chown to 4294967296 would give
+	// the file to root.
+	if r.UID > maxID {
+		return b.fail("uid", fmt.Errorf("%d is above %d, the largest uid", r.UID, maxID))
+	}
+	if r.GID > maxID {
+		return b.fail("gid", fmt.Errorf("%d is above %d, the largest gid", r.GID, maxID))
+	}
 	return nil
 }
+
+// maxID is the largest uid or gid: ids are 32 bits, and the largest of
+// those means "no id" to chown.
+const maxID = 1<<32 - 2
 
 func (b *builder) commands(r *Resource) error {
 	var err error
@@ -439,6 +462,9 @@ func ParseWait(s string) (min, max time.Duration, err error) {
 	if min, err = time.ParseDuration(minText); err != nil || min < 0 {
 		return 0, 0, fmt.Errorf("wait %q: want MIN:MAX durations such as 2s:10s", s)
 	}
+	if min > math.MaxInt64/4 {
+		return 0, 0, fmt.Errorf("wait %q: MIN is too long", s)
+	}
 	max = 4 * min
 	if hasMax {
 		if max, err = time.ParseDuration(maxText); err != nil || max < min {
@@ -449,7 +475,7 @@ func ParseWait(s string) (min, max time.Duration, err error) {
 }
 
 func (b *builder) template(r *Resource) error {
-	text, err := os.ReadFile(r.Src)
+	text, err := readRegular(r.Src)
 	if err != nil {
 		return b.fail("src", fmt.Errorf("template %s: %w", r.Src, err))
 	}
@@ -457,6 +483,20 @@ func (b *builder) template(r *Resource) error {
 		return b.fail("src", err)
 	}
 	return nil
+}
+
+// readRegular reads a regular file (or a link to one). Anything else named
+// by mistake would hang the load: opening a FIFO waits for a writer, and
+// a device such as /dev/zero never ends.
+func readRegular(name string) ([]byte, error) {
+	info, err := os.Stat(name)
+	if err != nil {
+		return nil, err
+	}
+	if !info.Mode().IsRegular() {
+		return nil, fmt.Errorf("%s is not a regular file (%s)", name, info.Mode().Type())
+	}
+	return os.ReadFile(name)
 }
 
 var tomlLineRE = regexp.MustCompile(`line (\d+)`)

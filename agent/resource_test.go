@@ -5,6 +5,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -119,6 +120,10 @@ func TestBadResourceFilesAreNamedPrecisely(t *testing.T) {
 		{"unknown owner", "[template]\nsrc = \"a.tmpl\"\ndest = \"/tmp/a\"\nowner = \"no-such-user-here\"\n", "no such user", 4, "owner"},
 		{"bad wait", "[template]\nsrc = \"a.tmpl\"\ndest = \"/tmp/a\"\nwait = \"5s:1s\"\n", "MAX >= MIN", 4, "wait"},
 		{"syntax error", "[template]\nsrc = \"a.tmpl\ndest = \"/tmp/a\"\n", "", 2, ""},
+		{"relative dest", "[template]\nsrc = \"a.tmpl\"\ndest = \"etc/a\"\n", "not an absolute path", 3, "dest"},
+		{"uid beyond 32 bits", "[template]\nsrc = \"a.tmpl\"\ndest = \"/tmp/a\"\nuid = 4294967296\n", "largest uid", 4, "uid"},
+		{"gid meaning none", "[template]\nsrc = \"a.tmpl\"\ndest = \"/tmp/a\"\ngid = 4294967295\n", "largest gid", 4, "gid"},
+		{"wait overflowing", "[template]\nsrc = \"a.tmpl\"\ndest = \"/tmp/a\"\nwait = \"9223372036s\"\n", "too long", 4, "wait"},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -146,6 +151,60 @@ func TestBadResourceFilesAreNamedPrecisely(t *testing.T) {
 				t.Errorf("error %q does not say %q", err, c.want)
 			}
 		})
+	}
+}
+
+// Two spellings of one file are one destination: resources sharing a
+// file take turns on it only if their dests compare equal.
+func TestDestIsCleaned(t *testing.T) {
+	dir := confdir(t, map[string]string{
+		"conf.d/a.toml":    "[template]\nsrc = \"a.tmpl\"\ndest = \"/etc/dsh/group/x\"\n",
+		"conf.d/b.toml":    "[template]\nsrc = \"a.tmpl\"\ndest = \"/etc//dsh/./group/../group/x/\"\n",
+		"templates/a.tmpl": "x",
+	})
+	resources, errs := LoadAll(LoadOptions{ConfDir: dir})
+	if len(errs) > 0 || len(resources) != 2 {
+		t.Fatalf("loaded %d resources, errors %v", len(resources), errs)
+	}
+	if resources[0].Dest != "/etc/dsh/group/x" || resources[1].Dest != resources[0].Dest {
+		t.Fatalf("dests %q and %q, want both /etc/dsh/group/x", resources[0].Dest, resources[1].Dest)
+	}
+}
+
+// A resource file or template that is a FIFO (or a device) is refused at
+// once: reading it would block the load for ever, or never end.
+func TestNonRegularFilesAreRefused(t *testing.T) {
+	dir := confdir(t, map[string]string{
+		"conf.d/a.toml":    "[template]\nsrc = \"fifo.tmpl\"\ndest = \"/tmp/a\"\n",
+		"conf.d/b.toml":    "[template]\nsrc = \"../../../../../../../../../../dev/zero\"\ndest = \"/tmp/b\"\n",
+		"templates/a.tmpl": "x",
+	})
+	for _, fifo := range []string{"templates/fifo.tmpl", "conf.d/c.toml"} {
+		if err := syscall.Mkfifo(filepath.Join(dir, fifo), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	done := make(chan *Confdir)
+	go func() {
+		c, err := LoadConfdir(LoadOptions{ConfDir: dir})
+		if err != nil {
+			t.Error(err)
+		}
+		done <- c
+	}()
+	var c *Confdir
+	select {
+	case c = <-done:
+	case <-time.After(time.Minute):
+		t.Fatal("loading a confdir with a FIFO and /dev/zero hangs")
+	}
+	if len(c.Resources) != 0 || len(c.Errors) != 3 {
+		t.Fatalf("loaded %v, errors %v", c.Resources, c.Errors)
+	}
+	for file, err := range c.Errors {
+		if !strings.Contains(err.Error(), "not a regular file") || !strings.Contains(err.Error(), file) {
+			t.Errorf("%s: %v", file, err)
+		}
 	}
 }
 

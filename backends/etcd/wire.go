@@ -56,7 +56,8 @@ var knownActions = map[string]bool{
 }
 
 // DecodeEvent parses one watch event and checks that it can be applied:
-// a known action, a node with an absolute key and a modifiedIndex. A
+// a known action, a node with an absolute key below the root and a
+// modifiedIndex. A
 // malformed event must stop a watcher, not be half-applied.
 func DecodeEvent(raw []byte) (*Event, error) {
 	var ev Event
@@ -77,6 +78,10 @@ func (e *Event) validate() error {
 		return fmt.Errorf("watch event %q without a node", e.Action)
 	case len(e.Node.Key) == 0 || e.Node.Key[0] != '/':
 		return fmt.Errorf("watch event %q with key %q: want an absolute key", e.Action, e.Node.Key)
+	case e.Key() == "/":
+		// etcd refuses every change of its root (error 107), so such an
+		// event is forged or corrupt; a delete would empty every copy.
+		return fmt.Errorf("watch event %q on the root (key %q): etcd never changes its root", e.Action, e.Node.Key)
 	case e.Node.ModifiedIndex == 0:
 		return fmt.Errorf("watch event %q on %s without a modifiedIndex", e.Action, e.Node.Key)
 	case !e.IsDelete() && !e.Node.Dir && e.Node.Value == nil:

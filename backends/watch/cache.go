@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"path"
 	"path/filepath"
 	"sort"
 	"time"
@@ -92,21 +93,37 @@ func (c *Cache) load(f *cacheFile) (*Copy, error) {
 		FetchedAt: f.FetchedAt, FromCache: true}, nil
 }
 
-// checkNodes rejects a node tree whose keys do not nest under prefix.
-func checkNodes(n *etcd.Node, prefix string) error {
-	if n == nil {
+// checkNodes rejects a node tree that a recursive GET of prefix could not
+// have given: a top node at another key, a null child, a child that is not
+// directly below its parent, or one listed twice. Any of these would give
+// a Space whose listing and lookups disagree, and a key that no event
+// could ever delete.
+func checkNodes(top *etcd.Node, prefix string) error {
+	if top == nil {
 		return nil
 	}
-	key := backends.CleanKey(n.Key)
-	if n.Key != "" && !backends.Covers(prefix, key) {
-		return fmt.Errorf("key %s lies outside %s", n.Key, prefix)
+	if backends.CleanKey(top.Key) != prefix {
+		return fmt.Errorf("the top node is %q, not the prefix %s", top.Key, prefix)
 	}
+	return checkChildren(top, prefix)
+}
+
+func checkChildren(n *etcd.Node, key string) error {
+	seen := make(map[string]bool, len(n.Nodes))
 	for _, child := range n.Nodes {
-		if err := checkNodes(child, key); err != nil {
-			return err
+		if child == nil {
+			return fmt.Errorf("node %s lists a null child", key)
 		}
-		if backends.CleanKey(child.Key) == key {
-			return fmt.Errorf("node %s lists itself as a child", key)
+		ck := backends.CleanKey(child.Key)
+		if ck == key || path.Dir(ck) != key {
+			return fmt.Errorf("node %q is listed as a child of %s", child.Key, key)
+		}
+		if seen[ck] {
+			return fmt.Errorf("node %s is listed twice", ck)
+		}
+		seen[ck] = true
+		if err := checkChildren(child, ck); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -131,13 +148,21 @@ func (c *Cache) migrate(roots map[string]cachedRoot) (*Copy, error) {
 	var b backends.Builder
 	out := Copy{FromCache: true, only: names}
 	index := ^uint64(0)
+	seen := map[string]bool{}
 	for _, r := range names {
 		entry := roots[r]
 		for k, v := range entry.Values {
 			if !backends.Covers(r, k) {
 				return nil, fmt.Errorf("cache %s: key %s lies outside its root %s; ignoring the cache", c.Path, k, r)
 			}
-			b.Set(k, v)
+			// The Builder splits keys on "/" without cleaning them: an
+			// unclean key would be listed where no lookup finds it.
+			key := backends.CleanKey(k)
+			if seen[key] {
+				return nil, fmt.Errorf("cache %s: key %s appears twice; ignoring the cache", c.Path, key)
+			}
+			seen[key] = true
+			b.Set(key, v)
 		}
 		index = min(index, entry.Index)
 		out.ClusterID, out.FetchedAt = entry.ClusterID, entry.FetchedAt

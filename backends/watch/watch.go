@@ -219,7 +219,7 @@ func PrefixFor(configured string, roots []string) (string, error) {
 		if !backends.Covers(prefix, r) {
 			return "", fmt.Errorf("the watch prefix %s does not cover %s, which a resource reads; give a prefix above every key read, or none", prefix, r)
 		}
-		if keyspaceHidden(prefix, r) {
+		if keyspaceHidden(prefix, backends.CleanKey(r)) {
 			return "", fmt.Errorf("%s lies under a hidden key (a segment starting with _): etcd leaves it out of a recursive watch of %s, so one watch cannot follow it", r, prefix)
 		}
 	}
@@ -232,9 +232,9 @@ func CommonAncestor(roots []string) string {
 	if len(roots) == 0 {
 		return "/"
 	}
-	common := backends.Segments(roots[0])
+	common := backends.Segments(backends.CleanKey(roots[0]))
 	for _, r := range roots[1:] {
-		segs := backends.Segments(r)
+		segs := backends.Segments(backends.CleanKey(r))
 		n := 0
 		for n < len(common) && n < len(segs) && common[n] == segs[n] {
 			n++

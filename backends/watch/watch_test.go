@@ -397,6 +397,11 @@ func TestCacheRoundTripAndRejections(t *testing.T) {
 		"node outside prefix":  `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/b","dir":true}}`,
 		"child outside parent": `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/a","dir":true,"nodes":[{"key":"/a","value":"x"}]}}`,
 		"unclean prefix":       `{"format":2,"source":"http://127.0.0.1:2379","prefix":"a/"}`,
+		"null child":           `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/a","dir":true,"nodes":[null]}}`,
+		"child listed twice":   `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/a","dir":true,"nodes":[{"key":"/a/x","value":"1"},{"key":"/a/x","value":"2"}]}}`,
+		"grandchild as child":  `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/a","dir":true,"nodes":[{"key":"/a/b/c","value":"1"}]}}`,
+		"top node not prefix":  `{"format":2,"source":"http://127.0.0.1:2379","prefix":"/a","node":{"key":"/a/b","dir":true}}`,
+		"key twice, format 1":  `{"format":1,"source":"http://127.0.0.1:2379","roots":{"/a":{"values":{"/a/x":"1","/a/./x":"2"}}}}`,
 		"unknown format":       `{"format":7,"source":"http://127.0.0.1:2379"}`,
 		"corrupt":              `{"format":1,"sou`,
 	} {
