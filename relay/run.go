@@ -14,6 +14,7 @@ import (
 
 	"github.com/confsync/confsync/backends"
 	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/etcdv3"
 	"github.com/confsync/confsync/backends/watch"
 )
 
@@ -24,6 +25,10 @@ type RunConfig struct {
 	Config
 	// Etcd says how to reach the upstream cluster.
 	Etcd etcd.Config
+	// V3 reads the prefix through etcd's v3 API (etcd 3.6 has no v2):
+	// revisions serve as indexes, directories are derived from key paths,
+	// and nothing is passed upstream (there is no v2 API to pass it to).
+	V3 bool
 	// Prefix is the key whose subtree is served from memory.
 	Prefix string
 	// Listen is the HOST:PORT clients connect to. Listener, when set, is
@@ -60,11 +65,11 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		cfg.Logger = slog.New(slog.DiscardHandler)
 	}
 	logger := cfg.Logger
-	client, err := etcd.New(ctx, cfg.Etcd)
+	src, err := openSource(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer src.Close()
 	tlsConfig, err := listenerTLS(cfg.TLSCertFile, cfg.TLSKeyFile)
 	if err != nil {
 		return err
@@ -72,13 +77,13 @@ func Run(ctx context.Context, cfg RunConfig) error {
 
 	var w *watch.Watcher
 	srvCfg := cfg.Config
-	srvCfg.Upstream = client
+	srvCfg.Upstream = src.v2
 	srvCfg.Status = func() watch.Status { return w.Status() }
 	srv := New(srvCfg)
 	wcfg := cfg.Watch
-	wcfg.Source, wcfg.Prefix, wcfg.Listener, wcfg.Logger = client, cfg.Prefix, srv.Listener(), logger
+	wcfg.Source, wcfg.Prefix, wcfg.Listener, wcfg.Logger = src.Source, cfg.Prefix, srv.Listener(), logger
 	w = watch.New(wcfg)
-	cache := cacheFor(cfg, client)
+	cache := cacheFor(cfg, src)
 	seed := loadCache(cache, cfg.Prefix, logger)
 
 	ls, err := serveListeners(cfg, srv, tlsConfig)
@@ -86,7 +91,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		return err
 	}
 	logger.Info("relay serving", "addr", ls.addr, "tls", tlsConfig != nil, "prefix", cfg.Prefix,
-		"etcd", strings.Join(client.Endpoints(), ","), "history", srv.cfg.History, "forward_writes", cfg.ForwardWrites)
+		"etcd", strings.Join(src.endpoints, ","), "api", src.api, "history", srv.cfg.History, "forward_writes", cfg.ForwardWrites)
 	watchCtx, stopWatch := context.WithCancel(ctx)
 	defer stopWatch()
 	if err := w.Start(watchCtx, nil, seed); err != nil {
@@ -111,6 +116,31 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	w.Wait()
 	<-saved
 	return err
+}
+
+// upstreamSource is what the relay follows: etcd's v2 API (also passed
+// requests the relay does not answer) or its v3 API.
+type upstreamSource struct {
+	backends.Source
+	v2        *etcd.Client // nil for v3
+	api       string       // "etcd" or "etcdv3", as the cache names it
+	endpoints []string
+	Close     func()
+}
+
+func openSource(ctx context.Context, cfg RunConfig) (*upstreamSource, error) {
+	if cfg.V3 {
+		c, err := etcdv3.New(ctx, cfg.Etcd, cfg.Logger)
+		if err != nil {
+			return nil, err
+		}
+		return &upstreamSource{Source: c, api: "etcdv3", endpoints: c.Endpoints(), Close: c.Close}, nil
+	}
+	c, err := etcd.New(ctx, cfg.Etcd)
+	if err != nil {
+		return nil, err
+	}
+	return &upstreamSource{Source: c, v2: c, api: "etcd", endpoints: c.Endpoints(), Close: c.Close}, nil
 }
 
 // listeners are what Run serves on.
@@ -229,13 +259,13 @@ func listenerTLS(certFile, keyFile string) (*tls.Config, error) {
 	}, nil
 }
 
-func cacheFor(cfg RunConfig, client *etcd.Client) *watch.Cache {
+func cacheFor(cfg RunConfig, src *upstreamSource) *watch.Cache {
 	if cfg.CacheFile == "" {
 		return nil
 	}
 	source := cfg.CacheSource
 	if source == "" {
-		source = "etcd:" + strings.Join(client.Endpoints(), ",")
+		source = src.api + ":" + strings.Join(src.endpoints, ",")
 	}
 	return &watch.Cache{Path: cfg.CacheFile, Source: source}
 }

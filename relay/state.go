@@ -119,6 +119,7 @@ func (st *state) getAnswer(key string, recursive bool, now time.Time) []byte {
 		return b.([]byte)
 	}
 	node := st.space.ToWire(key, recursive, now)
+	dirsOverValues(node)
 	body, err := json.Marshal(getEvent{Action: "get", Node: node})
 	if err != nil {
 		panic("relay: encode node: " + err.Error()) // strings, numbers and times always encode
@@ -128,6 +129,21 @@ func (st *state) getAnswer(key string, recursive bool, now time.Time) []byte {
 		st.answers.m.Store(k, body)
 	}
 	return body
+}
+
+// dirsOverValues shows a node that holds a value and has nodes below it
+// (a key of etcd's flat v3 keyspace with keys under it; v2 has no such
+// node) as the directory of those nodes, as docs/relay.md says.
+func dirsOverValues(n *etcd.Node) {
+	if n == nil {
+		return
+	}
+	if len(n.Nodes) > 0 && !n.Dir {
+		n.Dir, n.Value, n.Expiration, n.TTL = true, nil, nil, 0
+	}
+	for _, c := range n.Nodes {
+		dirsOverValues(c)
+	}
 }
 
 type getEvent struct {

@@ -35,7 +35,7 @@ func (n *Node) appendJSON(buf []byte, list, recursive bool, now time.Time) []byt
 		field("key")
 		buf = appendString(buf, n.key)
 	}
-	if !n.dir {
+	if !n.shownAsDir(list) {
 		field("value")
 		buf = appendString(buf, n.value)
 	} else {

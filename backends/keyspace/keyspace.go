@@ -363,11 +363,12 @@ func (s *Space) ToWire(key string, recursive bool, now time.Time) *etcd.Node {
 }
 
 func (n *Node) toWire(list, recursive bool, now time.Time) *etcd.Node {
-	w := &etcd.Node{Key: n.key, Dir: n.dir, CreatedIndex: n.created, ModifiedIndex: n.modified}
+	dir := n.shownAsDir(list)
+	w := &etcd.Node{Key: n.key, Dir: dir, CreatedIndex: n.created, ModifiedIndex: n.modified}
 	if n.key == "/" {
 		w.Key = "" // etcd never names its root
 	}
-	if !n.dir {
+	if !dir {
 		v := n.value
 		w.Value = &v
 	}
@@ -381,6 +382,15 @@ func (n *Node) toWire(list, recursive bool, now time.Time) *etcd.Node {
 		}
 	}
 	return w
+}
+
+// shownAsDir reports whether n is written as a directory: it is one, or
+// it holds a value and has nodes below it (a key of a flat keyspace, which
+// v2 has no node for) and they are not listed with it. Listed, both its
+// value and its nodes are written, so that a copy saved and loaded again
+// keeps both.
+func (n *Node) shownAsDir(list bool) bool {
+	return n.dir || !list && len(n.children) > 0
 }
 
 // TTL is the seconds etcd reports for a node expiring at exp: the remaining

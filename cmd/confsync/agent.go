@@ -173,22 +173,3 @@ func (f *agentFlags) mode() string {
 	}
 	return "watch"
 }
-
-// cacheSource names the data source, so that a cache written while
-// talking to another cluster, or to the same one through the other API (a
-// v3 copy may differ from the v2 tree), is not used.
-func (f *agentFlags) cacheSource() string {
-	switch f.backend {
-	case "etcd", "etcdv3":
-		switch {
-		case f.srvRecord != "":
-			return f.backend + "-srv:" + f.srvRecord
-		case f.srvDomain != "":
-			return f.backend + "-srv-domain:" + f.srvDomain
-		}
-		return f.backend + ":" + strings.Join(f.etcdConfig().Endpoints, ",")
-	case "file":
-		return "file:" + strings.Join(f.files, ",")
-	}
-	return f.backend
-}

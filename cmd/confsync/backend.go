@@ -165,3 +165,22 @@ func newLogger(w interface{ Write([]byte) (int, error) }, level string) (*slog.L
 	}
 	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: l})), nil
 }
+
+// cacheSource names the data source, so that a cache written while
+// talking to another cluster, or to the same one through the other API (a
+// v3 copy may differ from the v2 tree), is not used.
+func (f *backendFlags) cacheSource() string {
+	switch f.backend {
+	case "etcd", "etcdv3":
+		switch {
+		case f.srvRecord != "":
+			return f.backend + "-srv:" + f.srvRecord
+		case f.srvDomain != "":
+			return f.backend + "-srv-domain:" + f.srvDomain
+		}
+		return f.backend + ":" + strings.Join(f.etcdConfig().Endpoints, ",")
+	case "file":
+		return "file:" + strings.Join(f.files, ",")
+	}
+	return f.backend
+}

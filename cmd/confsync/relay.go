@@ -24,7 +24,7 @@ func relayCommand() command {
 }
 
 const (
-	relaySynopsis = `confsync relay -listen ADDR -node URL [-node URL ...] -prefix P [-cache FILE] [-history N]
+	relaySynopsis = `confsync relay -listen ADDR [-backend etcd|etcdv3] -node URL [-node URL ...] -prefix P [-cache FILE] [-history N]
               [-forward-writes] [-tls-cert F -tls-key F]
               [-client-ca-keys F -client-cert F -client-key F] [-metrics-addr ADDR]`
 	relayDescription = `Holds ONE watch of -prefix in etcd and serves the read side of etcd's v2
@@ -55,6 +55,11 @@ made meanwhile from the relay's history, or, where events were missed, end
 their wait and meet a 401 on asking again, so they re-read: never a silent
 gap.
 
+With -backend etcdv3 the prefix is followed through etcd's v3 API (etcd
+3.6 has no v2): revisions serve as indexes, directories are derived from
+key paths, leases show no TTL, and nothing is passed to etcd (docs/relay.md
+lists what cannot be the same).
+
 -metrics-addr serves /metrics and /health on a separate address; the client
 listener serves /metrics too. SIGTERM ends every watch (an empty answer, as
 etcd gives when it stops) and exits 0.
@@ -77,7 +82,7 @@ type relayFlags struct {
 
 // relayUpstreamFlags are the backend flags that say how to reach etcd; the
 // others (-backend, -file, ...) do not apply to a relay.
-var relayUpstreamFlags = []string{"node", "basic-auth", "username", "password", "client-cert", "client-key",
+var relayUpstreamFlags = []string{"backend", "node", "basic-auth", "username", "password", "client-cert", "client-key",
 	"client-ca-keys", "client-insecure", "srv-domain", "srv-record", "scheme"}
 
 func relayFlagSet(f *relayFlags) *flag.FlagSet {
@@ -86,7 +91,11 @@ func relayFlagSet(f *relayFlags) *flag.FlagSet {
 	f.backendFlags.register(all)
 	for _, name := range relayUpstreamFlags {
 		fl := all.Lookup(name)
-		fs.Var(fl.Value, fl.Name, fl.Usage)
+		usage := fl.Usage
+		if name == "backend" {
+			usage = "the etcd API followed: etcd (v2) or etcdv3 (v2 clients served from a v3 keyspace, as etcd 3.6 has no v2)"
+		}
+		fs.Var(fl.Value, fl.Name, usage)
 	}
 	fs.StringVar(&f.listen, "listen", "", "HOST:PORT to serve v2 clients on (required)")
 	fs.StringVar(&f.prefix, "prefix", "", "the key whose subtree is served from memory, e.g. /conftool/v1 (required)")
@@ -110,6 +119,8 @@ func (f *relayFlags) validate() error {
 		return fmt.Errorf("-history %d: keep at least one event (etcd keeps 1000)", f.history)
 	case (f.tlsCert == "") != (f.tlsKey == ""):
 		return errors.New("-tls-cert and -tls-key go together")
+	case f.backend != "etcd" && f.backend != "etcdv3":
+		return fmt.Errorf("-backend %q: a relay follows etcd, through its v2 API (etcd) or its v3 API (etcdv3)", f.backend)
 	}
 	return f.backendFlags.validate()
 }
@@ -139,12 +150,14 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 	err = relay.Run(ctx, relay.RunConfig{
 		Config:      relay.Config{History: f.history, ForwardWrites: f.forwardWrites, Logger: logger},
 		Etcd:        f.etcdConfig(),
+		V3:          f.backend == "etcdv3",
 		Prefix:      f.prefix,
 		Listen:      f.listen,
 		TLSCertFile: f.tlsCert,
 		TLSKeyFile:  f.tlsKey,
 		MetricsAddr: f.metricsAddr,
 		CacheFile:   f.cache,
+		CacheSource: f.cacheSource(),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "confsync relay: %v\n", err)
