@@ -118,6 +118,10 @@ func (a *Agent) Status() Status {
 	return s
 }
 
+// WatchStatus is the one watch's state: what a relay serving the agent's
+// copy reports as its data age.
+func (a *Agent) WatchStatus() watch.Status { return a.watcher.Status() }
+
 // Handler serves /metrics, /healthz, /readyz, /status and /debug/pprof/.
 func (a *Agent) Handler() http.Handler {
 	mux := http.NewServeMux()

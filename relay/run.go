@@ -193,6 +193,16 @@ func (s *Server) metricsMux() http.Handler {
 	return mux
 }
 
+// Listen opens addr for a Server, speaking HTTPS when certFile and keyFile
+// are given (TLS 1.2 and up, HTTP/1.x as pybal speaks it).
+func Listen(addr, certFile, keyFile string) (net.Listener, error) {
+	tlsConfig, err := listenerTLS(certFile, keyFile)
+	if err != nil {
+		return nil, err
+	}
+	return listen(RunConfig{Listen: addr}, tlsConfig)
+}
+
 func listen(cfg RunConfig, tlsConfig *tls.Config) (net.Listener, error) {
 	ln := cfg.Listener
 	if ln == nil {

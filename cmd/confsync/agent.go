@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"os"
@@ -15,8 +16,12 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/agent"
+	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/backends/watch"
 	"github.com/confsync/confsync/internal/sdnotify"
+	"github.com/confsync/confsync/relay"
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // agentFlags are the render flags plus the daemon's own.
@@ -31,6 +36,9 @@ type agentFlags struct {
 	grace          time.Duration
 	watchPrefix    string
 	watchStream    bool
+	serve          string
+	serveTLSCert   string
+	serveTLSKey    string
 }
 
 func (f *agentFlags) register(fs *flag.FlagSet) {
@@ -41,6 +49,9 @@ func (f *agentFlags) register(fs *flag.FlagSet) {
 	fs.Lookup("onetime").Usage = "render every resource once and exit, exactly like confsync render"
 	fs.BoolVar(&f.watch, "watch", true, "follow etcd with one watch for every root (the default)")
 	fs.StringVar(&f.watchPrefix, "watch-prefix", "", "the key the one watch follows (default: the longest common ancestor of every key the resources read); must cover them all")
+	fs.StringVar(&f.serve, "serve", "", "HOST:PORT to serve etcd's v2 read API of the watched prefix on, from the agent's own copy (as confsync relay does)")
+	fs.StringVar(&f.serveTLSCert, "serve-tls-cert", "", "certificate (PEM, chain included) to serve -serve with HTTPS")
+	fs.StringVar(&f.serveTLSKey, "serve-tls-key", "", "key (PEM) of -serve-tls-cert")
 	fs.BoolVar(&f.watchStream, "watch-stream", true, "stream the watch (stream=true) once etcd is proven to deliver it event by event; false keeps to long polls")
 	fs.IntVar(&f.interval, "interval", 0, "instead of watching, re-read every root every this many seconds")
 	fs.StringVar(&f.stateDir, "state-dir", "/var/lib/confsync", `where the last-known-good cache lives ("" disables it)`)
@@ -70,6 +81,12 @@ func (f *agentFlags) validate(fs *flag.FlagSet) error {
 	}
 	if f.template != "" {
 		return errors.New("-template is for confsync render")
+	}
+	if (f.serveTLSCert == "") != (f.serveTLSKey == "") {
+		return errors.New("-serve-tls-cert and -serve-tls-key go together")
+	}
+	if f.serveTLSCert != "" && f.serve == "" {
+		return errors.New("-serve-tls-cert needs -serve")
 	}
 	if f.watchPrefix != "" && !strings.HasPrefix(f.watchPrefix, "/") {
 		return fmt.Errorf("-watch-prefix %q: want an absolute key such as /conftool/v1", f.watchPrefix)
@@ -110,7 +127,10 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		}
 	}
 	waitMin, waitMax, _ := agent.ParseWait(f.wait)
-	a, err := agent.New(agent.Config{
+	reg := prometheus.NewRegistry()
+	var a *agent.Agent
+	served := f.served(src, reg, func() watch.Status { return a.WatchStatus() }, logger)
+	a, err = agent.New(agent.Config{
 		Load:           agent.LoadOptions{ConfDir: f.confDir, Prefix: f.prefix, DestRoot: f.destRoot},
 		Source:         src,
 		Interval:       time.Duration(f.interval) * time.Second,
@@ -121,8 +141,9 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		CacheSource:    f.cacheSource(),
 		Grace:          f.grace,
 		DataFiles:      f.dataFiles(),
-		Watch:          watch.Config{Prefix: f.watchPrefix, NoStream: !f.watchStream},
+		Watch:          watch.Config{Prefix: f.watchPrefix, NoStream: !f.watchStream, Listener: served.listener()},
 		Notifier:       sdnotify.New(),
+		Registry:       reg,
 		Options:        agent.Options{Noop: f.noop, SyncOnly: f.syncOnly, KeepStageFile: f.keepStageFile, Diff: stdout, Logger: logger},
 	})
 	if err != nil {
@@ -137,6 +158,19 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		go srv.Serve(ln)
 		defer srv.Close()
 		logger.Info("serving metrics and status", "addr", ln.Addr().String())
+	}
+	if served != nil {
+		ln, err := relay.Listen(f.serve, f.serveTLSCert, f.serveTLSKey)
+		if err != nil {
+			return usageError(stderr, "agent", fmt.Errorf("-serve: %w", err))
+		}
+		go served.Serve(ln)
+		defer func() {
+			sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			served.Shutdown(sctx)
+		}()
+		logger.Info("serving etcd's v2 read API from the agent's copy", "addr", ln.Addr().String(), "tls", f.serveTLSCert != "")
 	}
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
@@ -157,6 +191,27 @@ func runAgent(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return 1
 	}
 	return 0
+}
+
+// servedRelay is the relay of -serve, nil without it.
+type servedRelay struct{ *relay.Server }
+
+// served builds the relay -serve asks for: fed by the agent's own watch,
+// passing what it does not hold to etcd's v2 API (none with etcdv3), its
+// metrics next to the agent's.
+func (f *agentFlags) served(src backends.Source, reg prometheus.Registerer, status func() watch.Status, logger *slog.Logger) *servedRelay {
+	if f.serve == "" {
+		return nil
+	}
+	upstream, _ := src.(*etcd.Client)
+	return &servedRelay{relay.New(relay.Config{Upstream: upstream, Status: status, Registerer: reg, Logger: logger})}
+}
+
+func (s *servedRelay) listener() watch.Listener {
+	if s == nil {
+		return nil
+	}
+	return s.Listener()
 }
 
 // dataFiles are the files to follow when the file backend is watched.

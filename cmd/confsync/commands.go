@@ -83,6 +83,11 @@ confd_resource_error_timestamp_seconds{name} as the site's alerts expect,
 plus confsync_* metrics), /healthz, /readyz (every resource rendered once,
 from etcd or cache) and /status (JSON, read by confsync check).
 
+-serve ADDR serves etcd's v2 read API of the watched prefix from the agent's
+own copy, as confsync relay does (HTTPS with -serve-tls-cert and
+-serve-tls-key): local readers such as pybal read the host's agent and keep
+their configuration across their own restarts while etcd is down.
+
 With -interval, every root is re-read on that period instead of watched.
 -onetime runs confsync render and exits with its status.`,
 		run: runAgent,
