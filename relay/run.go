@@ -16,6 +16,7 @@ import (
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/backends/etcdv3"
 	"github.com/confsync/confsync/backends/watch"
+	"github.com/confsync/confsync/internal/sdnotify"
 )
 
 // RunConfig configures the confsync relay command: a Server fed by its
@@ -51,6 +52,10 @@ type RunConfig struct {
 	// ShutdownTimeout bounds the wait for requests in flight on stop
 	// (default 5s).
 	ShutdownTimeout time.Duration
+	// Notifier tells systemd when the relay is ready (listening, with data
+	// from etcd or its cache), how it is doing, and that it still answers
+	// (nil, or outside systemd: nothing).
+	Notifier *sdnotify.Notifier
 }
 
 // Run serves until ctx ends. It returns an error when it cannot start
@@ -103,6 +108,7 @@ func Run(ctx context.Context, cfg RunConfig) error {
 		defer close(saved)
 		keepCacheSaved(watchCtx, cache, w, srv.hub, logger)
 	}()
+	go srv.superviseSystemd(watchCtx, cfg.Notifier, ls.addr, tlsConfig != nil)
 
 	select {
 	case <-ctx.Done():
@@ -111,11 +117,77 @@ func Run(ctx context.Context, cfg RunConfig) error {
 	}
 	// Clients first (their watches end with an empty answer), then the
 	// watch, then the last save of the cache.
+	cfg.Notifier.Stopping("relay stopping: ending every watch")
 	ls.shutdown(srv, cfg.ShutdownTimeout)
 	stopWatch()
 	w.Wait()
 	<-saved
 	return err
+}
+
+// superviseSystemd says READY=1 once the relay listens and has data (from
+// etcd or its cache), keeps `systemctl status` current, and feeds the
+// watchdog with answers to its own /health, asked through its own listener:
+// pings stop when the relay no longer answers clients, not merely when the
+// process is gone, and go on while etcd is away (the relay then answers
+// from its copy, which is its job).
+func (s *Server) superviseSystemd(ctx context.Context, n *sdnotify.Notifier, addr string, useTLS bool) {
+	if !n.Enabled() {
+		return
+	}
+	wd, err := n.Watchdog("the relay's answers to its own /health", s.logger)
+	if err != nil {
+		s.logger.Error("systemd watchdog not used", "err", err)
+	}
+	go wd.Run(ctx)
+	scheme := "http"
+	if useTLS {
+		scheme = "https"
+	}
+	probe := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		// Its own certificate, by its own address: only the answer matters.
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, DisableKeepAlives: true}}
+	every := 2 * time.Second
+	if wd != nil {
+		every = min(every, wd.Interval()/4)
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	ready := false
+	for {
+		if resp, err := probe.Get(scheme + "://" + addr + "/health"); err == nil {
+			resp.Body.Close()
+			wd.Alive()
+		}
+		line := s.statusLine()
+		switch {
+		case !ready && s.hub.current() != nil:
+			ready = true
+			n.Ready(line)
+		default:
+			n.Status(line)
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// statusLine is the relay's state in one line, for `systemctl status`.
+func (s *Server) statusLine() string {
+	st := s.hub.current()
+	if st == nil {
+		return "listening; no data yet (etcd has not answered and there was no cache)"
+	}
+	longPolls, streams, _, _ := s.hub.counts()
+	a := s.ageNow(time.Now())
+	line := fmt.Sprintf("serving %s at index %d to %d watchers", st.space.Prefix(), st.index(), longPolls+streams)
+	if a.age > 0 {
+		line += fmt.Sprintf("; etcd does not answer, data %.0fs old", a.age)
+	}
+	return line
 }
 
 // upstreamSource is what the relay follows: etcd's v2 API (also passed

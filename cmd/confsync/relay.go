@@ -9,6 +9,7 @@ import (
 	"strings"
 
 	"github.com/confsync/confsync/internal/cliconfig"
+	"github.com/confsync/confsync/internal/sdnotify"
 	"github.com/confsync/confsync/relay"
 )
 
@@ -158,6 +159,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		MetricsAddr: f.metricsAddr,
 		CacheFile:   f.cache,
 		CacheSource: f.cacheSource(),
+		Notifier:    sdnotify.New(),
 	})
 	if err != nil {
 		fmt.Fprintf(stderr, "confsync relay: %v\n", err)
