@@ -8,9 +8,11 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 )
 
 // The destination lock makes two mirrors on one destination impossible.
@@ -58,7 +60,8 @@ func (o lockOwner) encode() string {
 }
 
 func (o lockOwner) String() string {
-	return fmt.Sprintf("confsync mirror %s on %s, pid %d, started %s", o.Version, o.Host, o.PID, o.Started.Format(time.RFC3339))
+	return fmt.Sprintf("confsync mirror %s on %s, pid %d, started %s",
+		quoteShort(o.Version, 40), quoteShort(o.Host, 100), o.PID, o.Started.Format(time.RFC3339))
 }
 
 // parseLockOwner reads a lock value. A value that is not a confsync lock
@@ -69,13 +72,13 @@ func parseLockOwner(value string) (lockOwner, error) {
 	dec := json.NewDecoder(strings.NewReader(value))
 	dec.DisallowUnknownFields()
 	if err := dec.Decode(&o); err != nil {
-		return lockOwner{}, fmt.Errorf("lock value %q is not a confsync mirror lock: %v", truncate(value, 120), err)
+		return lockOwner{}, fmt.Errorf("lock value %s is not a confsync mirror lock: %v", quoteShort(value, 120), err)
 	}
 	if dec.More() {
-		return lockOwner{}, fmt.Errorf("lock value %q has data after the JSON document", truncate(value, 120))
+		return lockOwner{}, fmt.Errorf("lock value %s has data after the JSON document", quoteShort(value, 120))
 	}
 	if o.ID == "" {
-		return lockOwner{}, fmt.Errorf("lock value %q names no owner id", truncate(value, 120))
+		return lockOwner{}, fmt.Errorf("lock value %s names no owner id", quoteShort(value, 120))
 	}
 	return o, nil
 }
@@ -84,14 +87,26 @@ func describeHolder(value string) string {
 	if o, err := parseLockOwner(value); err == nil {
 		return o.String()
 	}
-	return fmt.Sprintf("an unknown holder (lock value %q)", truncate(value, 120))
+	return fmt.Sprintf("an unknown holder (lock value %s)", quoteShort(value, 120))
 }
 
-func truncate(s string, n int) string {
-	if len(s) <= n {
-		return s
+// quoteShort quotes s as %q would and keeps the result within about max
+// bytes: a value read from etcd can be anything, and each unprintable byte
+// quotes to four, so bounding s before quoting does not bound the message.
+func quoteShort(s string, max int) string {
+	b := []byte{'"'}
+	for i := 0; i < len(s); {
+		_, size := utf8.DecodeRuneInString(s[i:])
+		q := strconv.Quote(s[i : i+size])
+		piece := q[1 : len(q)-1]
+		if len(b)+len(piece) > max {
+			b = append(b, "..."...)
+			break
+		}
+		b = append(b, piece...)
+		i += size
 	}
-	return s[:n] + "..."
+	return string(append(b, '"'))
 }
 
 // LockedError says that another mirror holds the destination, alive: it

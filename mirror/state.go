@@ -283,7 +283,7 @@ func parseIndex(key, value string) (uint64, error) {
 	idx, err := strconv.ParseUint(v, 10, 64)
 	if err != nil || (len(v) > 1 && v[0] == '0') {
 		return 0, &RefusalError{
-			Reason: fmt.Sprintf("replication index %s on the destination holds %q, not a decimal etcd index", key, truncate(value, 80)),
+			Reason: fmt.Sprintf("replication index %s on the destination holds %s, not a decimal etcd index", key, quoteShort(value, 80)),
 			Remedy: "set it to the last source index known to be replicated, or run once with --reload",
 		}
 	}
@@ -304,7 +304,7 @@ func parseState(key, value string) (replicationState, error) {
 	case "", apiV2, apiV3:
 	default:
 		return replicationState{}, &RefusalError{
-			Reason: fmt.Sprintf("replication state %s on the destination names source API %q, neither v2 nor v3", key, truncate(st.SourceAPI, 40)),
+			Reason: fmt.Sprintf("replication state %s on the destination names source API %s, neither v2 nor v3", key, quoteShort(st.SourceAPI, 40)),
 			Remedy: "delete that key or run with --reload",
 		}
 	}
