@@ -66,6 +66,7 @@ type Server struct {
 	age      atomic.Pointer[ageSample]
 	date     atomic.Pointer[dateText]
 	fanning  atomic.Pointer[chan struct{}] // closed when the running fan-out ends
+	started  time.Time
 
 	frontsMu sync.Mutex
 	fronts   []*front
@@ -83,7 +84,7 @@ func New(cfg Config) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, logger: logger, metrics: newMetrics()}
+	s := &Server{cfg: cfg, logger: logger, metrics: newMetrics(), started: time.Now()}
 	s.metrics.server = s
 	s.hub = newHub(cfg.History, s.metrics, logger)
 	s.hub.write = s.fanout

@@ -257,11 +257,12 @@ func (ls *listeners) shutdown(srv *Server, timeout time.Duration) {
 	}
 }
 
-// metricsMux serves /metrics and /health for a metrics listener.
+// metricsMux serves /metrics, /health and /status for a metrics listener.
 func (s *Server) metricsMux() http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("/metrics", s.MetricsHandler())
 	mux.HandleFunc("/health", s.serveHealth)
+	mux.HandleFunc("/status", s.serveStatus)
 	return mux
 }
 

@@ -61,7 +61,7 @@ With -backend etcdv3 the prefix is followed through etcd's v3 API (etcd
 key paths, leases show no TTL, and nothing is passed to etcd (docs/relay.md
 lists what cannot be the same).
 
--metrics-addr serves /metrics and /health on a separate address; the client
+-metrics-addr serves /metrics, /health and /status on a separate address; the client
 listener serves /metrics too. SIGTERM ends every watch (an empty answer, as
 etcd gives when it stops) and exits 0.
 
@@ -105,7 +105,7 @@ func relayFlagSet(f *relayFlags) *flag.FlagSet {
 	fs.BoolVar(&f.forwardWrites, "forward-writes", false, "pass writes to etcd unchanged instead of refusing them with 403")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "certificate (PEM, chain included) to serve HTTPS with")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "key (PEM) of -tls-cert")
-	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "HOST:PORT serving /metrics and /health apart from the client listener")
+	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "HOST:PORT serving /metrics, /health and /status apart from the client listener")
 	fs.StringVar(&f.logLevel, "log-level", "info", "debug, info, warn or error")
 	return fs
 }

@@ -7,6 +7,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net/http"
 	"strings"
 	"text/tabwriter"
@@ -15,6 +16,7 @@ import (
 	"github.com/confsync/confsync/agent"
 	"github.com/confsync/confsync/gate"
 	"github.com/confsync/confsync/mirror"
+	"github.com/confsync/confsync/relay"
 )
 
 func statusCommand() command {
@@ -96,6 +98,7 @@ var statusViews = map[string]func(w io.Writer, raw []byte, f checkFlags, now tim
 	"agent":  showAgent,
 	"mirror": showMirror,
 	"gate":   showGate,
+	"relay":  showRelay,
 }
 
 func fetchRaw(ctx context.Context, url string, timeout time.Duration) ([]byte, error) {
@@ -228,6 +231,41 @@ func showGate(w io.Writer, raw []byte, _ checkFlags, _ time.Time) (int, error) {
 		code, what = checkCritical, "no upstream answers"
 	}
 	fmt.Fprintf(w, "CONFSYNC %s - gate %s, %s | open_watches=%d\n", stateName(code), mode, what, st.OpenWatches)
+	return code, nil
+}
+
+func showRelay(w io.Writer, raw []byte, f checkFlags, now time.Time) (int, error) {
+	var st relay.Status
+	if err := json.Unmarshal(raw, &st); err != nil {
+		return 0, err
+	}
+	tw := tabwriter.NewWriter(w, 0, 4, 2, ' ', 0)
+	fmt.Fprintf(tw, "confsync relay\tup %s, index %d, data %s\n", age(now.Sub(st.Started)), st.Index, dataAge(st.AgeSeconds))
+	if wt := st.Watch; wt != nil {
+		conn := "connected"
+		switch {
+		case wt.FromCache:
+			conn = "serving the last-known-good cache"
+		case !wt.Connected:
+			conn = "disconnected: " + oneLine(wt.LastError)
+		}
+		fmt.Fprintf(tw, "watch\t%s on %s (%s), index %d, %s\n", wt.Prefix, wt.Endpoint, wt.Mode, wt.Index, conn)
+	}
+	fmt.Fprintf(tw, "history\t%d of %d events kept, resumable from index %d\n", st.History.Events, st.History.Limit, st.History.Floor)
+	fmt.Fprintf(tw, "watchers\t%d long polls, %d streams\n", st.Watchers.LongPoll, st.Watchers.Stream)
+	tw.Flush()
+	stale := time.Duration(st.AgeSeconds * float64(time.Second))
+	code, what := checkOK, "serving current data"
+	switch {
+	case !st.Ready || st.AgeSeconds < 0:
+		code, what = checkCritical, "no data to serve: etcd has not answered and there was no cache"
+	case stale >= f.critAge:
+		code, what = checkCritical, fmt.Sprintf("serving data %s old", age(stale))
+	case stale >= f.warnAge:
+		code, what = checkWarning, fmt.Sprintf("serving data %s old", age(stale))
+	}
+	fmt.Fprintf(w, "CONFSYNC %s - relay %s | age=%.0fs;%.0f;%.0f watchers=%d\n", stateName(code), what,
+		math.Max(st.AgeSeconds, 0), f.warnAge.Seconds(), f.critAge.Seconds(), st.Watchers.LongPoll+st.Watchers.Stream)
 	return code, nil
 }
 

@@ -110,3 +110,42 @@ func TestStatusOfAMirrorAndAGate(t *testing.T) {
 		t.Errorf("nothing listening: exit %d", res.code)
 	}
 }
+
+// A relay is judged on the age of the data it serves: OK while current,
+// WARNING then CRITICAL as etcd stays away.
+func TestStatusOfARelay(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/p/k", "v")
+	addr, metrics := freeAddr(t), freeAddr(t)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		var out, errOut strings.Builder
+		run(ctx, []string{"relay", "-listen", addr, "-metrics-addr", metrics, "-node", srv.URL(), "-prefix", "/p", "-log-level", "error"}, &out, &errOut)
+	}()
+	t.Cleanup(func() { cancel(); <-done })
+	url := "http://" + metrics + "/status"
+	var res runResult
+	testutil.Eventually(t, "the relay reporting current data", func() bool {
+		res = runCmd(t, "status", url)
+		return res.code == checkOK
+	})
+	for _, want := range []string{"confsync relay", "data current", "watch", "/p on " + srv.URL(), "history", "watchers",
+		"CONFSYNC OK - relay serving current data"} {
+		if !strings.Contains(res.stdout, want) {
+			t.Errorf("relay status lacks %q:\n%s", want, res.stdout)
+		}
+	}
+	srv.Stop()
+	testutil.Eventually(t, "the relay judged stale", func() bool {
+		res = runCmd(t, "status", "-warn-age", "1s", "-crit-age", "1h", url)
+		return res.code == checkWarning
+	})
+	if !strings.Contains(res.stdout, "CONFSYNC WARNING - relay serving data") || !strings.Contains(res.stdout, "disconnected") {
+		t.Errorf("stale relay status:\n%s", res.stdout)
+	}
+	testutil.Eventually(t, "the relay judged critical", func() bool {
+		return runCmd(t, "status", "-warn-age", "1s", "-crit-age", "2s", url).code == checkCritical
+	})
+}
