@@ -10,6 +10,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"sync"
 	"syscall"
@@ -80,15 +81,28 @@ func newFleetEtcd(b *testing.B) *fleetEtcd {
 // idle, PUT latency, and the time until every agent's file has a change.
 //
 //	go test -run '^$' -bench Fleet -benchtime 1x -timeout 2h ./bench/
+//
+// CONFSYNC_FLEET_SIZES=2,5 runs other fleet sizes (a quick try).
 func BenchmarkFleet(b *testing.B) {
+	sizes := []int{10, 50, 100}
+	if env := os.Getenv("CONFSYNC_FLEET_SIZES"); env != "" {
+		sizes = nil
+		for _, f := range strings.Split(env, ",") {
+			h, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || h < 1 {
+				b.Fatalf("CONFSYNC_FLEET_SIZES=%q: want fleet sizes such as 10,50,100", env)
+			}
+			sizes = append(sizes, h)
+		}
+	}
 	e := newFleetEtcd(b)
 	s := &site{tree: e.tree}
 	dir, pools := s.confdir(b, 200)
 	watched := fixture.Prefix + pools[0]
 	host := s.poolHosts(pools[0])[0]
-	idle := putLatency(b, e, watched+"/"+host, 20, 300*time.Millisecond, nil)
+	idle := putLatency(b, e, watched+"/"+host, 40, 300*time.Millisecond, nil)
 	b.Logf("idle etcd: PUT p50 %.2f ms, p99 %.2f ms", idle.p50, idle.p99)
-	for _, h := range []int{10, 50, 100} {
+	for _, h := range sizes {
 		for _, kind := range []string{"per-root", "one-watch"} {
 			b.Run(fmt.Sprintf("H=%d/%s", h, kind), func(b *testing.B) {
 				bin := confsyncBinary(b)
@@ -99,7 +113,7 @@ func BenchmarkFleet(b *testing.B) {
 				time.Sleep(2 * time.Second) // let every watch register
 				watchers := e.cluster.WatcherCount(b, 0)
 				idleCPU := cpuOver(e.pid, 10*time.Second)
-				m := putLatency(b, e, watched+"/"+host, 20, time.Second, fleet)
+				m := putLatency(b, e, watched+"/"+host, 40, time.Second, fleet)
 				b.ReportMetric(float64(watchers), "etcd-watchers")
 				b.ReportMetric(idleCPU*100, "etcd-idle-cpu-%")
 				b.ReportMetric(m.cpuPerWrite, "etcd-cpu-ms/write")

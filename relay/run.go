@@ -38,8 +38,8 @@ type RunConfig struct {
 	Listener net.Listener
 	// TLSCertFile and TLSKeyFile make the listener speak HTTPS.
 	TLSCertFile, TLSKeyFile string
-	// MetricsAddr, when set, also serves /metrics and /health there (the
-	// client listener serves them too).
+	// MetricsAddr, when set, serves /metrics, /health and /status there
+	// (the client listener serves /metrics and /health too).
 	MetricsAddr string
 	// CacheFile persists the copy (the agent's last-known-good format), so
 	// that a relay started while etcd is down serves from it. CacheSource
