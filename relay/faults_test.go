@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -80,7 +81,9 @@ func counterSeen(t *testing.T, cs *collectors, last int) (extraRereads int) {
 			if seen[i] < seen[i-1] {
 				t.Fatalf("client %s saw /fault/n go back from %d to %d", c.id, seen[i-1], seen[i])
 			}
-			if rereads == 1 && seen[i] != seen[i-1]+1 {
+			// The same value twice is a write retried after an election
+			// that had taken it the first time.
+			if rereads == 1 && seen[i] > seen[i-1]+1 {
 				t.Errorf("client %s missed values between %d and %d without being told to re-read", c.id, seen[i-1], seen[i])
 			}
 		}
@@ -154,7 +157,7 @@ func TestRelayNeverGoesBackToALaggingFollower(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	if v := value(t, c.URL(lagging), "/fault/n"); v == "20" {
+	if a := get(c.URL(lagging) + "/v2/keys/fault/n"); a.status == http.StatusOK && strings.Contains(string(a.body), `"value":"20"`) {
 		t.Fatal("the partitioned member is not behind")
 	}
 	r := startRelay(t, []string{c.URL(leader), c.URL(lagging)}, "/fault")
