@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/backends"
+	"github.com/confsync/confsync/backends/etcd"
+	"github.com/confsync/confsync/backends/keyspace"
 	"github.com/confsync/confsync/backends/watch"
 	"github.com/confsync/confsync/internal/sdnotify"
 	"github.com/prometheus/client_golang/prometheus"
@@ -167,6 +169,9 @@ func New(cfg Config) (*Agent, error) {
 	wcfg := cfg.Watch
 	wcfg.Source, wcfg.Interval, wcfg.ResyncInterval = cfg.Source, cfg.Interval, cfg.ResyncInterval
 	wcfg.OnUpdate, wcfg.Observer, wcfg.Logger = a.onUpdate, a.metrics, a.logger
+	if wcfg.Listener != nil {
+		wcfg.Listener = servedCopy{wcfg.Listener, a}
+	}
 	a.watcher = watch.New(wcfg)
 	if err := a.loadResources(); err != nil {
 		return nil, err
@@ -605,6 +610,34 @@ func (a *Agent) loadCache() *watch.Copy {
 		a.logger.Warn("the cache lacks some roots; their resources wait for etcd", "roots", missing)
 	}
 	return cached
+}
+
+// servedCopy passes the watch's changes on to a Listener that serves the
+// whole copy (agent -serve), and marks the cache dirty for every one of
+// them: what is served is more than the resources read, and a restart
+// during an outage must not serve an older value of a key no resource
+// reads than the one served before it.
+type servedCopy struct {
+	watch.Listener
+	a *Agent
+}
+
+func (s servedCopy) Reset(c watch.Copy, reason string) {
+	s.Listener.Reset(c, reason)
+	if reason != "cache" {
+		s.a.markCacheDirty()
+	}
+}
+
+func (s servedCopy) Event(sp *keyspace.Space, ev *etcd.Event) {
+	s.Listener.Event(sp, ev)
+	s.a.markCacheDirty()
+}
+
+func (a *Agent) markCacheDirty() {
+	a.mu.Lock()
+	a.cacheDirty = true
+	a.mu.Unlock()
 }
 
 // saveCache writes the cache if the data changed since the last save; it

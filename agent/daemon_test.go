@@ -16,6 +16,7 @@ import (
 
 	"github.com/confsync/confsync/backends/etcd"
 	"github.com/confsync/confsync/backends/file"
+	"github.com/confsync/confsync/backends/keyspace"
 	"github.com/confsync/confsync/backends/watch"
 	"github.com/confsync/confsync/internal/etcdtest"
 	"github.com/confsync/confsync/internal/testutil"
@@ -269,6 +270,47 @@ func TestOutageAndCache(t *testing.T) {
 		s := b.Status()
 		return s.BackendUp && !s.Roots[0].FromCache && s.Roots[0].AgeSeconds == 0
 	})
+}
+
+// servesAll stands for what agent -serve attaches: a Listener of the
+// whole copy. What it does with the changes is the relay's business.
+type servesAll struct{}
+
+func (servesAll) Reset(watch.Copy, string)           {}
+func (servesAll) Event(*keyspace.Space, *etcd.Event) {}
+func (servesAll) Progress(*keyspace.Space)           {}
+
+// An agent that serves its copy (-serve) persists changes no resource
+// reads too: after a restart during an outage it serves those keys, and
+// they must not be older than what it served before.
+func TestServedCopyIsCachedWhateverTheResourcesRead(t *testing.T) {
+	srv := etcdtest.New(t)
+	srv.Set(t, "/site/pool/a", "1")
+	srv.Set(t, "/site/other/x", "1")
+	out, state := t.TempDir(), t.TempDir()
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    strings.Replace(resourceToml(out+"/hosts"), `"/pool"`, `"/site/pool"`, 1),
+		"templates/hosts.tmpl": strings.Replace(hostsTemplate, "/pool/*", "/site/pool/*", 1),
+	})
+	cfg := agentConfig(t, dir, state, srv.URL())
+	cfg.Watch.Prefix, cfg.Watch.Listener = "/site", servesAll{}
+	startAgent(t, cfg)
+	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
+
+	cache := &watch.Cache{Path: filepath.Join(state, "cache.json"), Source: cfg.CacheSource}
+	cached := func(want string) func() bool {
+		return func() bool {
+			c, err := cache.Load()
+			if err != nil || c == nil {
+				return false
+			}
+			n := c.Space.Get("/site/other/x")
+			return n != nil && n.Value() == want
+		}
+	}
+	testutil.Eventually(t, "the first cache", cached("1"))
+	srv.Set(t, "/site/other/x", "2")
+	testutil.Eventually(t, "the unread change in the cache", cached("2"))
 }
 
 func TestCorruptOrForeignCacheIsIgnoredWithAWarning(t *testing.T) {

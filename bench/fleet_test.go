@@ -82,7 +82,9 @@ func newFleetEtcd(b *testing.B) *fleetEtcd {
 //
 //	go test -run '^$' -bench Fleet -benchtime 1x -timeout 2h ./bench/
 //
-// CONFSYNC_FLEET_SIZES=2,5 runs other fleet sizes (a quick try).
+// CONFSYNC_FLEET_SIZES=2,5 runs other fleet sizes (a quick try);
+// CONFSYNC_FLEET_SHARED=1 runs the agents as ordinary processes (see
+// sharedHost).
 func BenchmarkFleet(b *testing.B) {
 	sizes := []int{10, 50, 100}
 	if env := os.Getenv("CONFSYNC_FLEET_SIZES"); env != "" {
@@ -137,14 +139,29 @@ type fleet struct {
 
 func startFleet(b *testing.B, bin string, e *fleetEtcd, dir string, h int) *fleet {
 	f := &fleet{}
+	// Every agent gets its own metrics port: the listeners are held until
+	// all are picked, so the kernel cannot hand one port out twice.
 	addrs := make([]string, h)
-	for i := 0; i < h; i++ {
-		l, _ := net.Listen("tcp", "127.0.0.1:0")
+	var held []net.Listener
+	for i := range addrs {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			b.Fatal(err)
+		}
+		held = append(held, l)
 		addrs[i] = l.Addr().String()
+	}
+	for _, l := range held {
 		l.Close()
-		out := b.TempDir()
-		cmd := exec.Command(bin, "agent", "-confdir", dir, "-node", e.cluster.URL(0), "-dest-root", out,
-			"-state-dir", b.TempDir(), "-metrics-addr", addrs[i], "-log-level", "error")
+	}
+	for i := 0; i < h; i++ {
+		out, state := hostDir(b), hostDir(b)
+		args := []string{"agent", "-confdir", dir, "-node", e.cluster.URL(0), "-dest-root", out,
+			"-state-dir", state, "-metrics-addr", addrs[i], "-log-level", "error"}
+		cmd := exec.Command(bin, args...)
+		if !sharedHost() {
+			cmd = exec.Command("chrt", append([]string{"--idle", "0", bin}, args...)...)
+		}
 		cmd.Stderr = os.Stderr
 		if err := cmd.Start(); err != nil {
 			b.Fatal(err)
@@ -163,6 +180,29 @@ func startFleet(b *testing.B, bin string, e *fleetEtcd, dir string, h int) *flee
 		}
 	}
 	return f
+}
+
+// sharedHost says whether the fleet's agents run as ordinary processes
+// beside etcd (CONFSYNC_FLEET_SHARED=1). By default they stand in for
+// agents on hosts of their own: they run under SCHED_IDLE, so they take
+// only CPU etcd does not want, and keep their files on tmpfs, so that
+// their cache writes and fsyncs do not queue behind etcd's WAL on the one
+// disk. Otherwise what is measured is a hundred processes and etcd sharing
+// two cores and a disk, not what the agents cost etcd.
+func sharedHost() bool { return os.Getenv("CONFSYNC_FLEET_SHARED") == "1" }
+
+// hostDir is a directory for one agent's files: on tmpfs unless the
+// fleet shares the host.
+func hostDir(b *testing.B) string {
+	if sharedHost() {
+		return b.TempDir()
+	}
+	dir, err := os.MkdirTemp("/dev/shm", "confsync-fleet-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { os.RemoveAll(dir) })
+	return dir
 }
 
 func agentReady(addr string) bool {

@@ -19,7 +19,7 @@ type Status struct {
 	// Watch is the one watch feeding the relay; nil when the Server was
 	// built without Config.Status.
 	Watch *watch.Status `json:"watch,omitempty"`
-	// AgeSeconds is how old the served data may be, as the X-Confsync-Age
+	// AgeSeconds is how old the served data may be, as the X-Confsync-Data-Age
 	// header: 0 current, -1 no data yet.
 	AgeSeconds float64 `json:"age_seconds"`
 	// Index is the etcd index of the served copy.
