@@ -61,6 +61,7 @@ type benchFlags struct {
 	spacing         time.Duration
 	wrkDuration     string
 	etcdBin         string
+	loadIdle        bool
 }
 
 func runBench(args []string) int {
@@ -73,6 +74,7 @@ func runBench(args []string) int {
 	fs.StringVar(&f.wrkDuration, "wrk-duration", "10s", "duration of each wrk run")
 	fs.IntVar(&f.rounds, "rounds", 3, "wrk rounds (etcd and the relay take turns; medians are reported)")
 	fs.StringVar(&f.etcdBin, "etcd", "/usr/bin/etcd", "etcd binary (3.4, v2 API)")
+	fs.BoolVar(&f.loadIdle, "load-idle", false, "run the load generator under SCHED_IDLE (chrt --idle), standing in for clients on hosts of their own: it gets only the CPU etcd and the relay leave")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -449,7 +451,11 @@ type loadProc struct {
 }
 
 func (b *bench) startLoad(target string, n int) (*loadProc, error) {
-	cmd := exec.Command(b.self, "watchers", "-url", target+"/v2/keys/bench/pool", "-n", strconv.Itoa(n))
+	args := []string{b.self, "watchers", "-url", target + "/v2/keys/bench/pool", "-n", strconv.Itoa(n)}
+	if b.f.loadIdle {
+		args = append([]string{"chrt", "--idle", "0"}, args...)
+	}
+	cmd := exec.Command(args[0], args[1:]...)
 	cmd.Stderr = os.Stderr
 	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	stdin, err := cmd.StdinPipe()
