@@ -655,8 +655,6 @@ func (a *Agent) saveCache() {
 	}
 	if err := a.cache.Save(a.watcher.Copy()); err != nil {
 		a.logger.Error("saving last-known-good cache failed", "err", err)
-		a.mu.Lock()
-		a.cacheDirty = true
-		a.mu.Unlock()
+		a.markCacheDirty()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"sort"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -280,37 +281,73 @@ func (servesAll) Reset(watch.Copy, string)           {}
 func (servesAll) Event(*keyspace.Space, *etcd.Event) {}
 func (servesAll) Progress(*keyspace.Space)           {}
 
+// siteAgent runs an agent watching /site whose one resource reads
+// /site/pool (/site/pool/a=1), beside a key no resource reads,
+// /site/other/x=1. It returns once the file and the first cache are in
+// place, with a way to read x from the cache.
+func siteAgent(t *testing.T, listener watch.Listener) (srv *etcdtest.Server, a *testAgent, hosts string, cachedX func() string) {
+	t.Helper()
+	srv = etcdtest.New(t)
+	srv.Set(t, "/site/pool/a", "1")
+	srv.Set(t, "/site/other/x", "1")
+	out, state := t.TempDir(), t.TempDir()
+	hosts = out + "/hosts"
+	dir := confdir(t, map[string]string{
+		"conf.d/hosts.toml":    strings.Replace(resourceToml(hosts), `"/pool"`, `"/site/pool"`, 1),
+		"templates/hosts.tmpl": strings.Replace(hostsTemplate, "/pool/*", "/site/pool/*", 1),
+	})
+	cfg := agentConfig(t, dir, state, srv.URL())
+	cfg.Watch.Prefix, cfg.Watch.Listener = "/site", listener
+	a = startAgent(t, cfg)
+	testutil.Eventually(t, "first render", fileIs(hosts, "a=1\n"))
+	cache := &watch.Cache{Path: filepath.Join(state, "cache.json"), Source: cfg.CacheSource}
+	cachedX = func() string {
+		c, err := cache.Load()
+		if err != nil || c == nil {
+			return ""
+		}
+		if n := c.Space.Get("/site/other/x"); n != nil {
+			return n.Value()
+		}
+		return ""
+	}
+	testutil.Eventually(t, "the first cache", func() bool { return cachedX() == "1" })
+	return srv, a, hosts, cachedX
+}
+
+// Events under the watched prefix that no resource reads cost no render
+// and no disk write.
+func TestUnreadEventsCostNoRenderAndNoWrite(t *testing.T) {
+	srv, a, hosts, cachedX := siteAgent(t, nil)
+	renders := a.resource("hosts.toml").Renders
+	for i := 2; i <= 20; i++ {
+		srv.Set(t, "/site/other/x", strconv.Itoa(i))
+	}
+	testutil.Eventually(t, "the agent's copy to have the last unread event", func() bool {
+		n := a.watcher.Copy().Space.Get("/site/other/x")
+		return n != nil && n.Value() == "20"
+	})
+	a.saveCache() // what the once-a-second save would do now
+	if x := cachedX(); x != "1" {
+		t.Fatalf("the cache was rewritten for events no resource reads (x=%q in it)", x)
+	}
+	// Events are handled in order: a render the unread events had caused
+	// would come before the one this change causes.
+	srv.Set(t, "/site/pool/a", "2")
+	testutil.Eventually(t, "the read change", fileIs(hosts, "a=2\n"))
+	testutil.Eventually(t, "the render counted", func() bool { return a.resource("hosts.toml").Renders > renders })
+	if got := a.resource("hosts.toml").Renders; got != renders+1 {
+		t.Fatalf("%d renders for 19 unread events and one read change, want 1", got-renders)
+	}
+}
+
 // An agent that serves its copy (-serve) persists changes no resource
 // reads too: after a restart during an outage it serves those keys, and
 // they must not be older than what it served before.
 func TestServedCopyIsCachedWhateverTheResourcesRead(t *testing.T) {
-	srv := etcdtest.New(t)
-	srv.Set(t, "/site/pool/a", "1")
-	srv.Set(t, "/site/other/x", "1")
-	out, state := t.TempDir(), t.TempDir()
-	dir := confdir(t, map[string]string{
-		"conf.d/hosts.toml":    strings.Replace(resourceToml(out+"/hosts"), `"/pool"`, `"/site/pool"`, 1),
-		"templates/hosts.tmpl": strings.Replace(hostsTemplate, "/pool/*", "/site/pool/*", 1),
-	})
-	cfg := agentConfig(t, dir, state, srv.URL())
-	cfg.Watch.Prefix, cfg.Watch.Listener = "/site", servesAll{}
-	startAgent(t, cfg)
-	testutil.Eventually(t, "first render", fileIs(out+"/hosts", "a=1\n"))
-
-	cache := &watch.Cache{Path: filepath.Join(state, "cache.json"), Source: cfg.CacheSource}
-	cached := func(want string) func() bool {
-		return func() bool {
-			c, err := cache.Load()
-			if err != nil || c == nil {
-				return false
-			}
-			n := c.Space.Get("/site/other/x")
-			return n != nil && n.Value() == want
-		}
-	}
-	testutil.Eventually(t, "the first cache", cached("1"))
+	srv, _, _, cachedX := siteAgent(t, servesAll{})
 	srv.Set(t, "/site/other/x", "2")
-	testutil.Eventually(t, "the unread change in the cache", cached("2"))
+	testutil.Eventually(t, "the unread change in the cache", func() bool { return cachedX() == "2" })
 }
 
 func TestCorruptOrForeignCacheIsIgnoredWithAWarning(t *testing.T) {

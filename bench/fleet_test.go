@@ -154,10 +154,10 @@ func startFleet(b *testing.B, bin string, e *fleetEtcd, dir string, h int) *flee
 	for _, l := range held {
 		l.Close()
 	}
-	for i := 0; i < h; i++ {
+	for _, addr := range addrs {
 		out, state := hostDir(b), hostDir(b)
 		args := []string{"agent", "-confdir", dir, "-node", e.cluster.URL(0), "-dest-root", out,
-			"-state-dir", state, "-metrics-addr", addrs[i], "-log-level", "error"}
+			"-state-dir", state, "-metrics-addr", addr, "-log-level", "error"}
 		cmd := exec.Command(bin, args...)
 		if !sharedHost() {
 			cmd = exec.Command("chrt", append([]string{"--idle", "0", bin}, args...)...)
