@@ -26,8 +26,9 @@ import (
 // 50 KB. Serve reads each connection on one goroutine instead and answers
 // reads of the prefix itself: a waiting long poll is a registration, not
 // a goroutine, and an event is written to every waiting connection by a
-// handful of workers, with no goroutine to wake per client. The event's
-// answer is encoded once for all of them.
+// handful of workers, with no goroutine to wake per client (the
+// connections' goroutines, parked meanwhile, are woken once it is done:
+// see awaitAnswer). The event's answer is encoded once for all of them.
 //
 // Anything else (other paths, writes, request bodies, unclean paths, keys
 // passed upstream, headers it does not expect, anything it cannot parse)
@@ -44,6 +45,10 @@ const (
 	// not read: it holds up a fan-out worker meanwhile.
 	fanoutWriteTimeout = 5 * time.Second
 	readBuffer         = 2 << 10 // request heads larger than this go to net/http
+	// sweepInterval is how often connections whose long poll is parked
+	// (see awaitAnswer) are looked at for a client that went away or
+	// spoke out of turn.
+	sweepInterval = 2 * time.Second
 )
 
 // front is one listener served by Serve.
@@ -52,6 +57,7 @@ type front struct {
 	ln      net.Listener
 	handoff *handoffListener
 	http    *http.Server
+	done    chan struct{} // closed by shutdown
 	mu      sync.Mutex
 	conns   map[*clientConn]struct{}
 	closed  bool
@@ -61,7 +67,7 @@ type front struct {
 // the fast way to serve the Server; Handler serves the same API through
 // any http.Server.
 func (s *Server) Serve(ln net.Listener) error {
-	f := &front{s: s, ln: ln, handoff: newHandoffListener(ln.Addr()), conns: map[*clientConn]struct{}{}}
+	f := &front{s: s, ln: ln, handoff: newHandoffListener(ln.Addr()), conns: map[*clientConn]struct{}{}, done: make(chan struct{})}
 	f.http = newHTTPServer(s, s.logger)
 	f.http.ConnContext = func(ctx context.Context, c net.Conn) context.Context {
 		if hc, ok := c.(*handedConn); ok && hc.tls {
@@ -73,6 +79,7 @@ func (s *Server) Serve(ln net.Listener) error {
 		return http.ErrServerClosed
 	}
 	go f.http.Serve(f.handoff)
+	go f.sweep()
 	return f.accept()
 }
 
@@ -95,7 +102,7 @@ func (f *front) accept() error {
 			return err
 		}
 		delay = 0
-		c := &clientConn{f: f, nc: nc, done: make(chan struct{})}
+		c := &clientConn{f: f, nc: nc, done: make(chan struct{}), wake: make(chan struct{}, 1)}
 		_, c.tls = nc.(*tls.Conn)
 		if tc, ok := nc.(*net.TCPConn); ok {
 			c.raw, _ = tc.SyscallConn()
@@ -138,6 +145,9 @@ func (f *front) track(c *clientConn, add bool) bool {
 // handed-over ones shut down by net/http within ctx.
 func (f *front) shutdown(ctx context.Context) error {
 	f.mu.Lock()
+	if !f.closed {
+		close(f.done)
+	}
 	f.closed = true
 	conns := f.conns
 	f.conns = map[*clientConn]struct{}{}
@@ -170,7 +180,9 @@ type clientConn struct {
 	closing    bool     // close once the pending answer is written
 	closed     atomic.Bool
 
-	raw          syscall.RawConn // a plain TCP connection's descriptor, for writeNow
+	raw          syscall.RawConn // a plain TCP connection's descriptor, for writeNow and sweep
+	wake         chan struct{}   // ends awaitAnswer (buffered: a wake is never lost)
+	parked       atomic.Bool     // in awaitAnswer
 	readDeadline time.Time       // as last set, by the connection's goroutine
 	served       bool            // a request has been answered
 }
@@ -205,6 +217,85 @@ func (c *clientConn) serve() {
 		c.served = true
 		if req.close {
 			c.closeWhenIdle()
+		}
+		c.awaitAnswer()
+	}
+}
+
+// awaitAnswer keeps a plain TCP connection whose long poll is registered
+// off the network poller until the fan-out has answered it.
+//
+// A client answered by the fan-out comes straight back with its next
+// request. Were its connection's goroutine waiting in a read, that
+// request would wake it in the middle of the fan-out, to read and then
+// wait for the fan-out's end (waitFanout): ten thousand wake-ups and
+// reads taking the CPU the answers to the others need. Parked here, it is
+// woken once the fan-out is done (fanout), and reads the request that is
+// waiting for it by then. A client that goes away, or sends something
+// while it waits, is found by the front's sweep instead, within
+// sweepInterval, and woken to read it as before.
+func (c *clientConn) awaitAnswer() {
+	select {
+	case <-c.wake: // left by a fan-out that answered before the last park
+	default:
+	}
+	c.wmu.Lock()
+	w := c.pending
+	c.wmu.Unlock()
+	if c.raw == nil || w == nil || w.conn != c {
+		return
+	}
+	c.parked.Store(true)
+	<-c.wake
+	c.parked.Store(false)
+}
+
+// wakeUp ends the connection's awaitAnswer, now or when it next parks.
+func (c *clientConn) wakeUp() {
+	select {
+	case c.wake <- struct{}{}:
+	default:
+	}
+}
+
+// readable reports whether a parked connection has something to read:
+// a request sent out of turn, or the client's end of the connection.
+func (c *clientConn) readable() bool {
+	var buf [1]byte
+	var n int
+	var rerr error
+	if err := c.raw.Read(func(fd uintptr) bool {
+		n, _, rerr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+		return true // one look: never wait here
+	}); err != nil {
+		return true
+	}
+	return rerr != syscall.EAGAIN || n > 0
+}
+
+// sweep wakes, every sweepInterval, the parked connections that have
+// something to read (see awaitAnswer), until the front shuts down.
+func (f *front) sweep() {
+	t := time.NewTicker(sweepInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-f.done:
+			return
+		case <-t.C:
+		}
+		f.mu.Lock()
+		parked := make([]*clientConn, 0, len(f.conns))
+		for c := range f.conns {
+			if c.parked.Load() {
+				parked = append(parked, c)
+			}
+		}
+		f.mu.Unlock()
+		for _, c := range parked {
+			if c.readable() {
+				c.wakeUp()
+			}
 		}
 	}
 }
@@ -319,6 +410,7 @@ func (c *clientConn) closeWhenIdle() {
 		return
 	}
 	c.nc.Close()
+	c.wakeUp()
 }
 
 // request is what the fast path needs of a request head.
@@ -708,11 +800,17 @@ func fanoutWorkers() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
 // holds up one worker, not the others.
 //
 // While it runs, connections that send a new request wait for it to end
-// (see waitFanout): clients answered first come straight back, and
-// serving them would take the CPU the answers to the others need. The
-// last client gets its answer sooner; none gets it later.
+// (see waitFanout and awaitAnswer): clients answered first come straight
+// back, and serving them would take the CPU the answers to the others
+// need. The last client gets its answer sooner; none gets it later. Once
+// done, it wakes the connections it answered.
 func (s *Server) fanout(e *entry, ws []*watcher) {
 	workers := min(len(ws)/64+1, fanoutWorkers())
+	defer func() {
+		for _, w := range ws {
+			w.conn.wakeUp()
+		}
+	}()
 	if workers == 1 {
 		for _, w := range ws {
 			w.conn.deliver(w, e)

@@ -314,6 +314,23 @@ func TestFrontEnd(t *testing.T) {
 	testutil.Eventually(t, "the abandoned wait to leave the relay", func() bool {
 		return metric(t, plainClient, r.URL, `confsync_relay_watchers{mode="long-poll"}`) == 0
 	})
+
+	// A client that goes away while it waits: its wait leaves too, and
+	// the others still get the next event.
+	br, c = raw("GET /v2/keys/site?wait=true HTTP/1.1\r\nHost: r\r\n\r\n")
+	if resp, err := http.ReadResponse(br, nil); err != nil || resp.StatusCode != 200 {
+		t.Fatalf("wait: %v %v", resp, err)
+	}
+	staying := startWatch(t, r.URL+"/v2/keys/site?wait=true&recursive=true", time.Minute)
+	waitForWatchers(t, r, 2)
+	c.Close()
+	testutil.Eventually(t, "the wait of the client that went away to leave the relay", func() bool {
+		return metric(t, plainClient, r.URL, `confsync_relay_watchers{mode="long-poll"}`) == 1
+	})
+	ev = srv.Set(t, "/site/c", "3")
+	if a := staying.result(); !strings.Contains(string(a.body), fmt.Sprintf(`"modifiedIndex":%d`, ev.Index)) {
+		t.Errorf("the staying watcher: %+v", a)
+	}
 }
 
 // TestMetrics: requests by kind, the fan-out latency, the watch's state
