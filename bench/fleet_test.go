@@ -126,7 +126,6 @@ func BenchmarkFleet(b *testing.B) {
 					timed = nil
 				}
 				m := putLatency(b, e, watched+"/"+host, 40, time.Second, timed)
-				fleet.signal(syscall.SIGCONT)
 				b.ReportMetric(float64(watchers), "etcd-watchers")
 				b.ReportMetric(idleCPU*100, "etcd-idle-cpu-%")
 				b.ReportMetric(m.cpuPerWrite, "etcd-cpu-ms/write")

@@ -234,9 +234,14 @@ func (c *clientConn) serve() {
 // waiting for it by then. A client that goes away, or sends something
 // while it waits, is found by the front's sweep instead, within
 // sweepInterval, and woken to read it as before.
+//
+// A wake can come late (a fan-out that answered before the park, a sweep
+// that raced with an answer): a stale one is dropped here, and one that
+// is taken by the wrong park only sends that connection through the
+// network poller once.
 func (c *clientConn) awaitAnswer() {
 	select {
-	case <-c.wake: // left by a fan-out that answered before the last park
+	case <-c.wake:
 	default:
 	}
 	c.wmu.Lock()
@@ -250,7 +255,7 @@ func (c *clientConn) awaitAnswer() {
 	c.parked.Store(false)
 }
 
-// wakeUp ends the connection's awaitAnswer, now or when it next parks.
+// wakeUp ends the connection's awaitAnswer, or the next one.
 func (c *clientConn) wakeUp() {
 	select {
 	case c.wake <- struct{}{}:
@@ -410,7 +415,6 @@ func (c *clientConn) closeWhenIdle() {
 		return
 	}
 	c.nc.Close()
-	c.wakeUp()
 }
 
 // request is what the fast path needs of a request head.

@@ -258,7 +258,7 @@ func TestFrontEnd(t *testing.T) {
 	}
 
 	// Keep-alive: a read, a wait answered by a write, a read.
-	br, _ := raw("GET /v2/keys/site/a HTTP/1.1\r\nHost: r\r\n\r\nGET /v2/keys/site?wait=true&recursive=true HTTP/1.1\r\nHost: r\r\n\r\n")
+	br, kept := raw("GET /v2/keys/site/a HTTP/1.1\r\nHost: r\r\n\r\nGET /v2/keys/site?wait=true&recursive=true HTTP/1.1\r\nHost: r\r\n\r\n")
 	if resp, body := read(br, "GET"); resp.StatusCode != 200 || !strings.Contains(body, `"value":"1"`) {
 		t.Fatalf("first GET: %d %s", resp.StatusCode, body)
 	}
@@ -269,6 +269,10 @@ func TestFrontEnd(t *testing.T) {
 	ev := srv.Set(t, "/site/b", "2")
 	if b, _ := io.ReadAll(resp.Body); !strings.Contains(string(b), fmt.Sprintf(`"modifiedIndex":%d`, ev.Index)) {
 		t.Fatalf("wait: %s", b)
+	}
+	io.WriteString(kept, "GET /v2/keys/site/b HTTP/1.1\r\nHost: r\r\n\r\n")
+	if resp, body := read(br, "GET"); resp.StatusCode != 200 || !strings.Contains(body, `"value":"2"`) {
+		t.Fatalf("a read after the answered wait, on the same connection: %d %s", resp.StatusCode, body)
 	}
 
 	// HTTP/1.0 and HEAD.
