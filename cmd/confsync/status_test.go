@@ -41,13 +41,13 @@ func TestStatusOfAnAgent(t *testing.T) {
 	t.Cleanup(func() { cancel(); <-done })
 	web := httptest.NewServer(a.Handler())
 	t.Cleanup(web.Close)
-	testutil.Eventually(t, "the check to fail", func() bool {
+	testutil.Eventually(t, "the good resource rendered and the bad one's check failed", func() bool {
+		var rendered, failed bool
 		for _, r := range a.Status().Resources {
-			if r.Name == "bad.toml" && r.LastErrorKind == "check" {
-				return true
-			}
+			rendered = rendered || r.Name == "good.toml" && r.Applied
+			failed = failed || r.Name == "bad.toml" && r.LastErrorKind == "check"
 		}
-		return false
+		return rendered && failed
 	})
 	res := runCmd(t, "status", web.URL+"/status")
 	for _, want := range []string{"confsync agent", "watch", "/pool on " + srv.URL(), "2: 1 rendered, 1 failing",
