@@ -82,35 +82,28 @@ func newFleetEtcd(b *testing.B) *fleetEtcd {
 //
 //	go test -run '^$' -bench Fleet -benchtime 1x -timeout 2h ./bench/
 //
-// CONFSYNC_FLEET_SIZES=2,5 runs other fleet sizes (a quick try);
-// CONFSYNC_FLEET_SHARED=1 runs the agents as ordinary processes (see
-// sharedHost); CONFSYNC_FLEET_FROZEN=1 stops them during the timed
-// writes (see frozen).
+// Environment, for other runs: CONFSYNC_FLEET_SIZES=2,5 (fleet sizes),
+// CONFSYNC_FLEET_WRITES=150 (timed writes per setup, 40 by default),
+// CONFSYNC_FLEET_GAP=3s (pause between one write reaching every file and
+// the next, 1s by default), CONFSYNC_FLEET_ONE_WATCH=1 (today's agent
+// only), CONFSYNC_FLEET_SHARED=1 (agents as ordinary processes, see
+// sharedHost), CONFSYNC_FLEET_FROZEN=1 (agents stopped during the timed
+// writes, see frozen).
 func BenchmarkFleet(b *testing.B) {
-	sizes := []int{10, 50, 100}
-	if env := os.Getenv("CONFSYNC_FLEET_SIZES"); env != "" {
-		sizes = nil
-		for _, f := range strings.Split(env, ",") {
-			h, err := strconv.Atoi(strings.TrimSpace(f))
-			if err != nil || h < 1 {
-				b.Fatalf("CONFSYNC_FLEET_SIZES=%q: want fleet sizes such as 10,50,100", env)
-			}
-			sizes = append(sizes, h)
-		}
-	}
+	opts := fleetOptionsFromEnv(b)
 	e := newFleetEtcd(b)
 	s := &site{tree: e.tree}
 	dir, pools := s.confdir(b, 200)
 	watched := fixture.Prefix + pools[0]
 	host := s.poolHosts(pools[0])[0]
-	idle := putLatency(b, e, watched+"/"+host, 40, 300*time.Millisecond, nil)
+	// Idle etcd is timed as the fleets are, with the same spacing and
+	// count, so that the two differ only in the fleet: an etcd left alone
+	// for a second between writes is not one written to every 300 ms,
+	// and a p99 of 40 writes is their worst one or two.
+	idle := putLatency(b, e, watched+"/"+host, opts.writes, opts.gap, nil)
 	b.Logf("idle etcd: PUT p50 %.2f ms, p99 %.2f ms", idle.p50, idle.p99)
-	kinds := []string{"per-root", "one-watch"}
-	if frozen() {
-		kinds = []string{"one-watch"}
-	}
-	for _, h := range sizes {
-		for _, kind := range kinds {
+	for _, h := range opts.sizes {
+		for _, kind := range opts.kinds {
 			b.Run(fmt.Sprintf("H=%d/%s", h, kind), func(b *testing.B) {
 				bin := confsyncBinary(b)
 				if kind == "per-root" {
@@ -125,7 +118,7 @@ func BenchmarkFleet(b *testing.B) {
 					fleet.signal(syscall.SIGSTOP)
 					timed = nil
 				}
-				m := putLatency(b, e, watched+"/"+host, 40, time.Second, timed)
+				m := putLatency(b, e, watched+"/"+host, opts.writes, opts.gap, timed)
 				b.ReportMetric(float64(watchers), "etcd-watchers")
 				b.ReportMetric(idleCPU*100, "etcd-idle-cpu-%")
 				b.ReportMetric(m.cpuPerWrite, "etcd-cpu-ms/write")
@@ -141,6 +134,46 @@ func BenchmarkFleet(b *testing.B) {
 			})
 		}
 	}
+}
+
+// fleetOptions say what BenchmarkFleet runs (see its environment).
+type fleetOptions struct {
+	sizes  []int
+	kinds  []string
+	writes int
+	gap    time.Duration
+}
+
+func fleetOptionsFromEnv(b *testing.B) fleetOptions {
+	o := fleetOptions{sizes: []int{10, 50, 100}, kinds: []string{"per-root", "one-watch"}, writes: 40, gap: time.Second}
+	if env := os.Getenv("CONFSYNC_FLEET_SIZES"); env != "" {
+		o.sizes = nil
+		for _, f := range strings.Split(env, ",") {
+			h, err := strconv.Atoi(strings.TrimSpace(f))
+			if err != nil || h < 1 {
+				b.Fatalf("CONFSYNC_FLEET_SIZES=%q: want fleet sizes such as 10,50,100", env)
+			}
+			o.sizes = append(o.sizes, h)
+		}
+	}
+	if env := os.Getenv("CONFSYNC_FLEET_WRITES"); env != "" {
+		n, err := strconv.Atoi(env)
+		if err != nil || n < 1 {
+			b.Fatalf("CONFSYNC_FLEET_WRITES=%q: want a number of timed writes such as 150", env)
+		}
+		o.writes = n
+	}
+	if env := os.Getenv("CONFSYNC_FLEET_GAP"); env != "" {
+		d, err := time.ParseDuration(env)
+		if err != nil || d <= 0 {
+			b.Fatalf("CONFSYNC_FLEET_GAP=%q: want a duration such as 3s", env)
+		}
+		o.gap = d
+	}
+	if frozen() || os.Getenv("CONFSYNC_FLEET_ONE_WATCH") == "1" {
+		o.kinds = []string{"one-watch"}
+	}
+	return o
 }
 
 // fleet is H agent processes.
