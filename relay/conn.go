@@ -256,6 +256,8 @@ func (c *clientConn) awaitAnswer() {
 	c.wmu.Lock()
 	w := c.pending
 	c.wmu.Unlock()
+	// Only a plain TCP long poll still waiting parks: not TLS, not a wait
+	// history answered, not a stream (its own goroutine writes it).
 	if c.raw == nil || w == nil || w.conn != c {
 		return
 	}
@@ -274,13 +276,17 @@ func (c *clientConn) wakeUp() {
 
 // readable reports whether a parked connection has something to read:
 // a request sent out of turn, or the client's end of the connection.
+//
+// It looks through Control, not Read: a read deadline left from before
+// the wait (the first request's header timeout, or the idle one) says
+// nothing about a connection that waits, and through Read it would wake
+// every wait older than that deadline for good.
 func (c *clientConn) readable() bool {
 	var buf [1]byte
 	var n int
 	var rerr error
-	if err := c.raw.Read(func(fd uintptr) bool {
+	if err := c.raw.Control(func(fd uintptr) {
 		n, _, rerr = syscall.Recvfrom(int(fd), buf[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
-		return true // one look: never wait here
 	}); err != nil {
 		return true
 	}
@@ -798,9 +804,8 @@ func (a *writeAttempt) write(fd uintptr) { a.n, a.err = syscall.Write(int(fd), a
 func (a *writeAttempt) try(raw syscall.RawConn, b []byte) (n int, werr, err error) {
 	a.b = b
 	err = raw.Control(a.do)
-	n, werr = a.n, a.err
-	a.b, a.n, a.err = nil, 0, nil
-	return n, werr, err
+	a.b = nil // the answer is not the connection's to keep
+	return a.n, a.err, err
 }
 
 // writeLocked writes an answer from the connection's own goroutine.
