@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/http"
 	"net/url"
-	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -619,13 +618,23 @@ func appendEvent(buf []byte, req request, e *entry, last bool) []byte {
 // answer) if the connection still waits for it. It runs on the fan-out.
 func (c *clientConn) deliver(w *watcher, e *entry) {
 	c.wmu.Lock()
-	if c.pending != w {
+	out, http10, ok := c.claim(w, e)
+	if !ok {
 		c.wmu.Unlock()
 		return
 	}
+	c.answered(e, http10, c.writeNow(out, fanoutWriteTimeout))
+}
+
+// claim takes the answer to w if the connection still waits for it: the
+// bytes to write, and whether the connection ends after them (HTTP/1.0).
+// Caller holds c.wmu, and keeps it until answered.
+func (c *clientConn) claim(w *watcher, e *entry) (out []byte, http10, ok bool) {
+	if c.pending != w {
+		return nil, false, false
+	}
 	req := c.pendingReq
 	c.pending = nil
-	var out []byte
 	switch {
 	case e != nil && req.http10:
 		out = e.body
@@ -634,8 +643,14 @@ func (c *clientConn) deliver(w *watcher, e *entry) {
 	case !req.http10:
 		out = lastChunk
 	}
-	err := c.writeNow(out, fanoutWriteTimeout)
-	closeNow := err != nil || req.http10 || c.closing
+	return out, req.http10, true
+}
+
+// answered ends an answer claimed and then written with err: it releases
+// c.wmu, closes the connection when the answer was its last, and counts
+// the event's fan-out latency.
+func (c *clientConn) answered(e *entry, http10 bool, err error) {
+	closeNow := err != nil || http10 || c.closing
 	c.wmu.Unlock()
 	if closeNow {
 		c.nc.Close()
@@ -770,14 +785,28 @@ func (c *clientConn) writeNow(b []byte, timeout time.Duration) error {
 		if err != nil {
 			return err
 		}
-		switch {
-		case werr == nil && n == len(b):
-			return nil
-		case werr != nil && werr != syscall.EAGAIN:
-			return werr
+		if b, err = unwritten(b, n, werr); err != nil || len(b) == 0 {
+			return err
 		}
-		b = b[max(n, 0):]
 	}
+	return c.writeWithin(b, timeout)
+}
+
+// unwritten is what of b is left to write after a non-blocking write that
+// took n bytes, or failed with werr (EAGAIN: the socket's buffer is full).
+func unwritten(b []byte, n int, werr error) ([]byte, error) {
+	switch {
+	case werr == nil:
+		return b[n:], nil
+	case werr == syscall.EAGAIN:
+		return b, nil
+	}
+	return nil, werr
+}
+
+// writeWithin writes b through the network poller, waiting up to timeout
+// for a client slow to read it. Caller holds c.wmu.
+func (c *clientConn) writeWithin(b []byte, timeout time.Duration) error {
 	c.nc.SetWriteDeadline(time.Now().Add(timeout))
 	_, err := c.nc.Write(b)
 	return err
@@ -826,66 +855,6 @@ func (s *Server) httpDate() string {
 type dateText struct {
 	unix int64
 	text string
-}
-
-// fanoutWorkers is how many goroutines write one event to connections:
-// more than the processors, so that a worker whose thread the kernel
-// sets aside (or a client slow to take its answer) leaves the others
-// going. Measured with 10,000 watchers on 2 cores, 8 workers deliver the
-// last answer about a fifth sooner than 2 or 4.
-func fanoutWorkers() int { return max(8, 4*runtime.GOMAXPROCS(0)) }
-
-// fanout writes e (nil: the end of an empty answer) to the long polls ws
-// wait on, from a few workers at once: a client slow to take its answer
-// holds up one worker, not the others.
-//
-// While it runs, connections that send a new request wait for it to end
-// (see waitFanout and awaitAnswer): clients answered first come straight
-// back, and serving them would take the CPU the answers to the others
-// need. The last client gets its answer sooner; none gets it later. Once
-// done, it wakes the connections it answered.
-func (s *Server) fanout(e *entry, ws []*watcher) {
-	workers := min(len(ws)/64+1, fanoutWorkers())
-	defer func() {
-		for _, w := range ws {
-			w.conn.wakeUp()
-		}
-	}()
-	if workers == 1 {
-		for _, w := range ws {
-			w.conn.deliver(w, e)
-		}
-		return
-	}
-	done := make(chan struct{})
-	s.fanning.Store(&done)
-	defer func() {
-		s.fanning.Store(nil)
-		close(done)
-	}()
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range workers {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := int(next.Add(1) - 1)
-				if i >= len(ws) {
-					return
-				}
-				ws[i].conn.deliver(ws[i], e)
-			}
-		}()
-	}
-	wg.Wait()
-}
-
-// waitFanout returns when no fan-out is running.
-func (s *Server) waitFanout() {
-	if done := s.fanning.Load(); done != nil {
-		<-*done
-	}
 }
 
 // handoffListener is how connections reach the net/http server: Serve

@@ -48,6 +48,11 @@ type Config struct {
 	// are refused with 403 and errorCode 107, like the gate's read-only
 	// mode.
 	ForwardWrites bool
+	// NoIOURing writes each answer to a waiting client with a system call
+	// of its own, as happens anyway where io_uring is missing or refused
+	// (the kernel.io_uring_disabled sysctl, a seccomp filter). Otherwise
+	// an event's answers go out up to 128 per system call.
+	NoIOURing bool
 	// Registerer receives the relay's metrics. Nil keeps them, with the
 	// Go runtime's and the process's, in a registry of the Server's own,
 	// served by MetricsHandler and at /metrics.
@@ -66,6 +71,7 @@ type Server struct {
 	age      atomic.Pointer[ageSample]
 	date     atomic.Pointer[dateText]
 	fanning  atomic.Pointer[chan struct{}] // closed when the running fan-out ends
+	batches  *batchPool
 	started  time.Time
 
 	frontsMu sync.Mutex
@@ -84,7 +90,7 @@ func New(cfg Config) *Server {
 	if logger == nil {
 		logger = slog.New(slog.DiscardHandler)
 	}
-	s := &Server{cfg: cfg, logger: logger, metrics: newMetrics(), started: time.Now()}
+	s := &Server{cfg: cfg, logger: logger, metrics: newMetrics(), started: time.Now(), batches: newBatchPool(cfg.NoIOURing, logger)}
 	s.metrics.server = s
 	s.hub = newHub(cfg.History, s.metrics, logger)
 	s.hub.write = s.fanout
@@ -130,6 +136,7 @@ func (s *Server) CloseWatches() { s.hub.close() }
 // and requests in flight get until ctx ends.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.hub.close()
+	defer s.batches.close()
 	s.frontsMu.Lock()
 	s.shutdown = true
 	fronts := s.fronts

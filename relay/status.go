@@ -27,6 +27,10 @@ type Status struct {
 	History HistoryStatus `json:"history"`
 	// Watchers are the clients' watches waiting now, by mode.
 	Watchers WatcherCounts `json:"watchers"`
+	// FanoutWrites is how the fan-out writes an event to waiting clients:
+	// "io_uring" (up to 128 answers per system call) or "write" (one each:
+	// -no-io-uring, or io_uring missing or refused).
+	FanoutWrites string `json:"fanout_writes"`
 }
 
 // HistoryStatus is the event history kept for watchers that resume: a
@@ -48,11 +52,12 @@ func (s *Server) Status() Status {
 	longPolls, streams, events, floor := s.hub.counts()
 	_, age := s.upstreamState(time.Now())
 	st := Status{
-		Kind:       "relay",
-		Started:    s.started,
-		AgeSeconds: age,
-		History:    HistoryStatus{Events: events, Floor: floor, Limit: s.cfg.History},
-		Watchers:   WatcherCounts{LongPoll: longPolls, Stream: streams},
+		Kind:         "relay",
+		Started:      s.started,
+		AgeSeconds:   age,
+		History:      HistoryStatus{Events: events, Floor: floor, Limit: s.cfg.History},
+		Watchers:     WatcherCounts{LongPoll: longPolls, Stream: streams},
+		FanoutWrites: s.batches.mode(),
 	}
 	if cur := s.hub.current(); cur != nil {
 		st.Ready, st.Index = true, cur.index()

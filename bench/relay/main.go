@@ -62,6 +62,7 @@ type benchFlags struct {
 	wrkDuration     string
 	etcdBin         string
 	loadIdle        bool
+	noIOURing       bool
 }
 
 func runBench(args []string) int {
@@ -75,6 +76,7 @@ func runBench(args []string) int {
 	fs.IntVar(&f.rounds, "rounds", 3, "wrk rounds (etcd and the relay take turns; medians are reported)")
 	fs.StringVar(&f.etcdBin, "etcd", "/usr/bin/etcd", "etcd binary (3.4, v2 API)")
 	fs.BoolVar(&f.loadIdle, "load-idle", false, "run the load generator under SCHED_IDLE (chrt --idle), standing in for clients on hosts of their own: it gets only the CPU etcd and the relay leave")
+	fs.BoolVar(&f.noIOURing, "no-io-uring", false, "run the relay with -no-io-uring: a write(2) per answer")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -279,8 +281,11 @@ func (b *bench) startRelay() error {
 		return err
 	}
 	b.relayURL = fmt.Sprintf("http://127.0.0.1:%d", port)
-	b.relay, err = b.start("relay", b.binary, "relay", "-listen", fmt.Sprintf("127.0.0.1:%d", port),
-		"-node", b.etcdURL, "-prefix", "/bench", "-log-level", "warn")
+	args := []string{b.binary, "relay", "-listen", fmt.Sprintf("127.0.0.1:%d", port), "-node", b.etcdURL, "-prefix", "/bench", "-log-level", "warn"}
+	if b.f.noIOURing {
+		args = append(args, "-no-io-uring")
+	}
+	b.relay, err = b.start("relay", args...)
 	if err != nil {
 		return err
 	}

@@ -27,7 +27,7 @@ func relayCommand() command {
 const (
 	relaySynopsis = `confsync relay -listen ADDR [-backend etcd|etcdv3] -node URL [-node URL ...] -prefix P [-cache FILE] [-history N]
               [-forward-writes] [-tls-cert F -tls-key F]
-              [-client-ca-keys F -client-cert F -client-key F] [-metrics-addr ADDR]`
+              [-client-ca-keys F -client-cert F -client-key F] [-metrics-addr ADDR] [-no-io-uring]`
 	relayDescription = `Holds ONE watch of -prefix in etcd and serves the read side of etcd's v2
 keys API from memory, so that v2 clients (pybal, MediaWiki, etcdctl,
 python-etcd, confsync agents, scripts) point at the relay unchanged and etcd
@@ -76,6 +76,7 @@ type relayFlags struct {
 	listen, prefix, cache string
 	history               int
 	forwardWrites         bool
+	noIOURing             bool
 	tlsCert, tlsKey       string
 	metricsAddr           string
 	logLevel              string
@@ -103,6 +104,7 @@ func relayFlagSet(f *relayFlags) *flag.FlagSet {
 	fs.StringVar(&f.cache, "cache", "", "file keeping the last copy, served when the relay starts while etcd is down")
 	fs.IntVar(&f.history, "history", relay.DefaultHistory, "events under the prefix kept for clients that resume a watch")
 	fs.BoolVar(&f.forwardWrites, "forward-writes", false, "pass writes to etcd unchanged instead of refusing them with 403")
+	fs.BoolVar(&f.noIOURing, "no-io-uring", false, "write each event to each waiting client with a system call of its own, not up to 128 per call through io_uring (the same happens where io_uring is refused)")
 	fs.StringVar(&f.tlsCert, "tls-cert", "", "certificate (PEM, chain included) to serve HTTPS with")
 	fs.StringVar(&f.tlsKey, "tls-key", "", "key (PEM) of -tls-cert")
 	fs.StringVar(&f.metricsAddr, "metrics-addr", "", "HOST:PORT serving /metrics, /health and /status apart from the client listener")
@@ -149,7 +151,7 @@ func runRelay(ctx context.Context, args []string, stdout, stderr io.Writer) int 
 		return usageError(stderr, "relay", err)
 	}
 	err = relay.Run(ctx, relay.RunConfig{
-		Config:      relay.Config{History: f.history, ForwardWrites: f.forwardWrites, Logger: logger},
+		Config:      relay.Config{History: f.history, ForwardWrites: f.forwardWrites, NoIOURing: f.noIOURing, Logger: logger},
 		Etcd:        f.etcdConfig(),
 		V3:          f.backend == "etcdv3",
 		Prefix:      f.prefix,

@@ -57,6 +57,9 @@ type Options struct {
 	Fsync bool
 	// Name is the member name; it also seeds the cluster ID. Empty picks a random one.
 	Name string
+	// MaxRequestBytes raises etcd's limit on a request (1.5 MiB) for
+	// values larger than it.
+	MaxRequestBytes uint
 }
 
 // TLSFiles names PEM files for a server's client port.
@@ -100,6 +103,9 @@ func (s *Server) config() *embed.Config {
 	cfg.Dir = s.dir
 	cfg.EnableV2 = true
 	cfg.UnsafeNoFsync = !s.opts.Fsync
+	if s.opts.MaxRequestBytes > 0 {
+		cfg.MaxRequestBytes = s.opts.MaxRequestBytes
+	}
 	cfg.TickMs = 10
 	cfg.ElectionMs = 100
 	cfg.InitialClusterToken = s.token
