@@ -12,21 +12,7 @@ import (
 // loopback is an accepted connection as the front end wraps it, and its
 // client's end.
 func loopback(tb testing.TB) (*clientConn, net.Conn) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		tb.Fatal(err)
-	}
-	defer ln.Close()
-	client, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { client.Close() })
-	nc, err := ln.Accept()
-	if err != nil {
-		tb.Fatal(err)
-	}
-	tb.Cleanup(func() { nc.Close() })
+	nc, client := testutil.TCPPair(tb)
 	return newClientConn(nil, nc), client
 }
 

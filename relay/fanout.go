@@ -40,9 +40,7 @@ func (s *Server) fanout(e *entry, ws []*watcher) {
 	if workers == 1 {
 		b := s.batches.get()
 		defer s.batches.put(b)
-		for i := 0; i < len(ws); i += batchSize {
-			b.deliver(ws[i:min(i+batchSize, len(ws))], e)
-		}
+		b.deliver(ws, e)
 		return
 	}
 	done := make(chan struct{})
@@ -80,14 +78,14 @@ func (s *Server) waitFanout() {
 }
 
 // answerBatch writes one event to up to batchSize waiting connections
-// with one system call, through an io_uring. A write(2) per answer pays a
-// system call's entry and exit each time, which on this VM's CPU (with
-// its speculative-execution mitigations) is a fifth of a small loopback
-// write (BenchmarkSend against BenchmarkWrite in internal/uring); with
-// 10,000 long polls the relay's last answer went out about a quarter
-// sooner (BENCHMARKS.md, relay). Without a ring (io_uring missing or
-// refused, or Config.NoIOURing) each answer gets its own write, as does
-// a TLS connection's.
+// with one system call, through an io_uring, where a write(2) per answer
+// pays a system call's entry and exit each time. With 10,000 long polls
+// the relay's last answer went out about a quarter sooner
+// (BENCHMARKS.md, relay: runs taking turns with -no-io-uring); the
+// in-process BenchmarkSend and BenchmarkWrite of internal/uring are
+// closer, and noisier. Without a ring (io_uring missing or refused, or
+// Config.NoIOURing) each answer gets its own write, as does a TLS
+// connection's.
 //
 // A connection is claimed under its wmu, which stays held until its
 // answer is written, and its descriptor is held open (RawConn.Control)
@@ -108,7 +106,8 @@ type answerBatch struct {
 	holdFn func(fd uintptr)
 }
 
-// deliver answers the long polls ws, those that still wait.
+// deliver answers the long polls ws, those that still wait; the ring
+// takes them batchSize at a time, however many they are.
 func (b *answerBatch) deliver(ws []*watcher, e *entry) {
 	b.e = e
 	b.claim(ws)
@@ -119,10 +118,17 @@ func (b *answerBatch) deliver(ws []*watcher, e *entry) {
 	for _, w := range b.late {
 		w.conn.deliver(w, e)
 	}
+	b.reset()
+}
+
+// reset empties the batch for the next, keeping its slices' room but
+// nothing they pointed to.
+func (b *answerBatch) reset() {
 	clear(b.conns)
 	clear(b.msgs)
 	clear(b.late)
-	b.e, b.conns, b.http10, b.msgs, b.late, b.slow = nil, b.conns[:0], b.http10[:0], b.msgs[:0], b.late[:0], b.slow[:0]
+	b.e = nil
+	b.conns, b.http10, b.msgs, b.late, b.slow = b.conns[:0], b.http10[:0], b.msgs[:0], b.late[:0], b.slow[:0]
 }
 
 // claim takes the answers of the connections still waiting. One whose

@@ -1,6 +1,6 @@
 // Package testutil holds what many packages' tests need: waiting on a
-// condition, a buffer several goroutines share, and a DNS server on
-// loopback.
+// condition, a buffer several goroutines share, a TCP connection on
+// loopback, and a DNS server on loopback.
 package testutil
 
 import (
@@ -13,6 +13,28 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 )
+
+// TCPPair is a loopback TCP connection: the accepted end, as a server
+// holds it, and the client's. Both close when the test ends.
+func TCPPair(tb testing.TB) (accepted *net.TCPConn, client net.Conn) {
+	tb.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		tb.Fatal(err)
+	}
+	defer ln.Close()
+	client, err = net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { client.Close() })
+	nc, err := ln.Accept()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { nc.Close() })
+	return nc.(*net.TCPConn), client
+}
 
 // Eventually polls cond until it holds, failing the test after a minute.
 // The deadline is generous on purpose: tests run on loaded machines and

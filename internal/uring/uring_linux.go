@@ -17,7 +17,6 @@ package uring
 import (
 	"errors"
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"syscall"
 	"unsafe"
@@ -236,7 +235,6 @@ func (r *Ring) send(msgs []Message, batch []int) error {
 			return fmt.Errorf("io_uring_enter (waiting): %w", err)
 		}
 	}
-	runtime.KeepAlive(msgs) // the kernel read the buffers through bare addresses
 	return nil
 }
 

@@ -9,35 +9,22 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/confsync/confsync/internal/testutil"
 	"github.com/confsync/confsync/internal/uring"
 )
 
-// pair is a loopback TCP connection: the sending side's descriptor (kept
-// open by the returned conn) and the receiving side.
-func pair(t testing.TB) (int, *net.TCPConn, net.Conn) {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
+// pair is a loopback TCP connection: the sending side's descriptor (open
+// until the test ends) and the receiving side.
+func pair(tb testing.TB) (int, net.Conn) {
+	tb.Helper()
+	c, peer := testutil.TCPPair(tb)
+	raw, err := c.SyscallConn()
 	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { peer.Close() })
-	c, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	raw, err := c.(*net.TCPConn).SyscallConn()
-	if err != nil {
-		t.Fatal(err)
+		tb.Fatal(err)
 	}
 	var fd int
 	raw.Control(func(f uintptr) { fd = int(f) })
-	return fd, c.(*net.TCPConn), peer
+	return fd, peer
 }
 
 func newRing(t *testing.T, entries int) *uring.Ring {
@@ -57,7 +44,7 @@ func TestSendReachesEverySocket(t *testing.T) {
 	var msgs []uring.Message
 	var peers []net.Conn
 	for i := range 11 {
-		fd, _, peer := pair(t)
+		fd, peer := pair(t)
 		msgs = append(msgs, uring.Message{FD: fd, Buf: bytes.Repeat([]byte{'a' + byte(i)}, 100+i)})
 		peers = append(peers, peer)
 	}
@@ -86,8 +73,8 @@ func TestSendReachesEverySocket(t *testing.T) {
 // then answers EAGAIN at once; the ring goes on serving the others.
 func TestSendNeverWaits(t *testing.T) {
 	r := newRing(t, 8)
-	fd, _, _ := pair(t)
-	okFD, _, okPeer := pair(t)
+	fd, _ := pair(t)
+	okFD, okPeer := pair(t)
 	chunk := make([]byte, 1<<20)
 	var sent int
 	for i := 0; ; i++ {
@@ -121,8 +108,8 @@ func TestSendNeverWaits(t *testing.T) {
 // gets its error (no SIGPIPE), and the others are sent.
 func TestSendReportsAClosedPeer(t *testing.T) {
 	r := newRing(t, 8)
-	goneFD, _, gone := pair(t)
-	okFD, _, okPeer := pair(t)
+	goneFD, gone := pair(t)
+	okFD, okPeer := pair(t)
 	gone.(*net.TCPConn).SetLinger(0)
 	gone.Close() // a reset: the next send fails
 	var errs []syscall.Errno
@@ -149,7 +136,7 @@ func TestSendReportsAClosedPeer(t *testing.T) {
 // its own error; the rest of the batch is still sent.
 func TestSendReportsABadDescriptor(t *testing.T) {
 	r := newRing(t, 8)
-	okFD, _, okPeer := pair(t)
+	okFD, okPeer := pair(t)
 	p := make([]int, 2)
 	if err := syscall.Pipe(p); err != nil {
 		t.Fatal(err)
@@ -208,7 +195,7 @@ func benchmarkSends(b *testing.B, send func(*uring.Ring, []uring.Message)) {
 	answer := make([]byte, 200)
 	msgs := make([]uring.Message, 128)
 	for i := range msgs {
-		fd, _, peer := pair(b)
+		fd, peer := pair(b)
 		go io.Copy(io.Discard, peer)
 		msgs[i] = uring.Message{FD: fd, Buf: answer}
 	}
