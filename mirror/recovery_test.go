@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/confsync/confsync/internal/etcdtest"
+	"github.com/confsync/confsync/internal/testutil"
 	client "go.etcd.io/etcd/client/v2"
 )
 
@@ -38,6 +39,9 @@ func TestHistoryClearedResyncsAutomatically(t *testing.T) {
 	cfg.Reload = false
 	m2 := startMirror(t, cfg)
 	waitTreesEqual(t, src, dst, "/src", "/replica/src", nil)
+	// The trees match once the resync has written its last change; it
+	// counts itself done just after.
+	testutil.Eventually(t, "the resync to end", func() bool { return m2.Status().Resyncs > 0 })
 	st := m2.Status()
 	if st.Resyncs != 1 {
 		t.Fatalf("%d resyncs, want 1 (status %+v)", st.Resyncs, st)
